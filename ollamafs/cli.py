@@ -1,0 +1,144 @@
+"""The ``ollamafs`` command: mount, umount.  Prints user errors without a traceback.
+
+Exit codes: 0 success, 1 an operation failed, 2 bad usage or input, 3 not found, 4 mount
+problems (mountpoint missing, busy, FUSE unavailable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import MountError, OllamaFSError
+from .store import default_store_path
+
+log = logging.getLogger("ollamafs")
+
+READY = b"ready\n"
+MOUNT_WAIT = 60.0
+
+
+def default_log_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ollamafs" / "ollamafs.log"
+
+
+def _setup_logging(verbose: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ollamafs", description="Ollama's models as files.")
+    p.add_argument("--version", action="version", version=f"ollamafs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount a store (returns once it is serving)")
+    m.add_argument("mountpoint", type=Path)
+    m.add_argument("--store", type=Path, default=None, help="models directory (default $OLLAMA_MODELS or ~/.ollama/models)")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]", help="mount options")
+    m.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    m.add_argument("--log", type=Path, default=None, help="log file of a background mount")
+    m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", aliases=["unmount"], help="unmount")
+    u.add_argument("mountpoint", type=Path)
+    u.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _mount(args)
+        if args.command in ("umount", "unmount"):
+            from .mount import unmount
+
+            _setup_logging(False, False)
+            unmount(args.mountpoint.resolve(), lazy=args.lazy)
+            return 0
+    except OllamaFSError as exc:
+        print(f"ollamafs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _mount(args) -> int:
+    options = [o for group in args.options for o in group.split(",") if o]
+    store = (args.store or default_store_path()).expanduser().resolve()
+    mountpoint = args.mountpoint.expanduser().absolute()
+    if args.foreground:
+        return _mount_foreground(args, mountpoint, store, options)
+    return _mount_background(args, mountpoint, store, options)
+
+
+def _mount_foreground(args, mountpoint: Path, store: Path, options: list[str]) -> int:
+    from .mount import Daemon, MountConfig
+
+    _setup_logging(True, args.debug)
+    ready_fd = args.ready_fd
+
+    def report(message: bytes) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, message)
+                os.close(ready_fd)
+            except OSError:
+                pass
+            ready_fd = None
+
+    try:
+        config = MountConfig.from_options(mountpoint, store, options)
+        config.debug = config.debug or args.debug
+        Daemon(config).run(ready=lambda: report(READY))
+    except OllamaFSError as exc:
+        log.error("%s", exc)
+        report(f"{exc}\n".encode())
+        return exc.exit_code
+    return 0
+
+
+def _mount_background(args, mountpoint: Path, store: Path, options: list[str]) -> int:
+    """Start ``mount -f`` detached and return once it serves (or report why it did not)."""
+    from .mount import prepare_mountpoint
+
+    prepare_mountpoint(mountpoint)  # clear errors before forking anything
+    log_path = (args.log or default_log_path()).expanduser()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    cmd = [sys.executable, "-m", "ollamafs", "mount", "-f", "--store", str(store), "--ready-fd", str(w)]
+    if options:
+        cmd += ["-o", ",".join(options)]
+    if args.debug:
+        cmd.append("--debug")
+    cmd.append(str(mountpoint))
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            cmd, pass_fds=[w], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+        )
+    os.close(w)
+    deadline = time.monotonic() + MOUNT_WAIT
+    answer = b""
+    with os.fdopen(r, "rb") as pipe:
+        answer = pipe.read()  # EOF when the daemon reports or dies
+    if answer == READY:
+        return 0
+    if proc.poll() is None and time.monotonic() < deadline:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    message = answer.decode(errors="replace").strip() or f"the mount daemon exited ({proc.returncode}); see {log_path}"
+    raise MountError(message)

@@ -1,0 +1,484 @@
+"""Filesystem semantics, with no pyfuse3 import: inodes, lookups, listings, handles, xattrs.
+
+Driven directly by unit tests and, in a mount, by :mod:`ollamafs.fuse_ops`.  Every method is
+async; blocking work (walking the store, reading small layers, parsing GGUF headers) runs in
+worker threads behind one limiter.  What each operation does is written in docs/SEMANTICS.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import trio
+
+from .. import modelfile
+from ..errors import IntegrityError, MissingBlob, NoAttribute, NotFound, OllamaFSError, ReadOnly
+from ..gguf_meta import GGUFError, is_embedding_model, read_metadata
+from ..names import Digest, ModelName
+from ..store import ModelRecord, Store
+from ..store import manifest as mf
+from ..store.describe import describe
+from . import layout
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+DIR, MODEL_DIR, FILE = "dir", "model", "file"
+
+# Kernel cache lifetimes (seconds).  Names can change at any time (tags move, Ollama writes
+# manifests), so entries are revalidated often; a blob file's inode is keyed by its digest and
+# never changes content, so its attributes and pages may be cached long.
+DIR_TIMEOUT = 1.0
+FILE_ENTRY_TIMEOUT = 0.0
+BLOB_ATTR_TIMEOUT = 300.0
+XATTR_PREFIX = "user.ollama."
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    size: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    entry_timeout: float
+    attr_timeout: float
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    fh: int
+    keep_cache: bool
+    direct_io: bool = False
+    nonseekable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    attr: Attr
+    next_id: int
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    ino: int
+    kind: str
+    key: tuple
+    name: str
+    parent: int
+    model: ModelName | None = None
+    spec: layout.FileSpec | None = None
+    record: ModelRecord | None = None  # the manifest the node was found under
+    nlookup: int = 0
+    size: int | None = None  # cached size of a blob file (immutable per inode)
+
+
+@dataclass(slots=True)
+class _Tree:
+    """The store's listing as nested directories, keys case-folded."""
+
+    hosts: dict[str, tuple[str, dict[str, tuple[str, dict[str, ModelRecord]]]]] = field(default_factory=dict)
+    mtime_ns: dict[tuple, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, listing: dict[ModelName, ModelRecord]) -> _Tree:
+        tree = cls()
+        for name, record in listing.items():
+            h, n, d = name.host.lower(), name.namespace.lower(), name.dirname.lower()
+            host = tree.hosts.setdefault(h, (name.host, {}))
+            ns = host[1].setdefault(n, (name.namespace, {}))
+            ns[1][d] = record
+            for key in ((), (h,), (h, n)):
+                tree.mtime_ns[key] = max(tree.mtime_ns.get(key, 0), record.mtime_ns)
+        return tree
+
+    def children(self, key: tuple) -> list[tuple[str, tuple, ModelRecord | None]]:
+        """(display name, child key, record for model dirs) of a directory key, sorted."""
+        if key == ():
+            out = [(disp, (h,), None) for h, (disp, _) in self.hosts.items()]
+        elif len(key) == 1:
+            entry = self.hosts.get(key[0])
+            out = [(disp, (*key, n), None) for n, (disp, _) in entry[1].items()] if entry else []
+        elif len(key) == 2:
+            host = self.hosts.get(key[0])
+            ns = host[1].get(key[1]) if host else None
+            out = [(r.name.dirname, (*key, d), r) for d, r in ns[1].items()] if ns else []
+        else:
+            out = []
+        return sorted(out, key=lambda e: e[0])
+
+    def record(self, key: tuple) -> ModelRecord | None:
+        host = self.hosts.get(key[0])
+        ns = host[1].get(key[1]) if host else None
+        return ns[1].get(key[2]) if ns else None
+
+
+@dataclass(slots=True)
+class _Handle:
+    node: Node
+    fd: int = -1
+    data: bytes | None = None
+
+
+@dataclass(slots=True)
+class _DirHandle:
+    node: Node
+    entries: list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]
+
+
+class FileSystem:
+    """The semantics of one mount over one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        read_in_thread: bool = False,
+        max_threads: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.read_in_thread = read_in_thread
+        self.limiter = trio.CapacityLimiter(max_threads)
+        self._clock = clock
+        self._nodes: dict[int, Node] = {}
+        self._by_key: dict[tuple, int] = {}
+        self._next_ino = ROOT_INO + 1
+        self._handles: dict[int, _Handle | _DirHandle] = {}
+        self._next_fh = 1
+        self._tree: _Tree | None = None
+        self._tree_src: object = None
+        self._rendered: OrderedDict[tuple, bytes] = OrderedDict()
+        self._gguf: OrderedDict[Digest, dict] = OrderedDict()
+        root = Node(ROOT_INO, DIR, (), "", ROOT_INO, nlookup=1)
+        self._nodes[ROOT_INO] = root
+        self._by_key[()] = ROOT_INO
+
+    # ---- helpers ---------------------------------------------------------------------
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def tree(self) -> _Tree:
+        listing = self.store.cached_listing()
+        if listing is None:
+            listing = await self._run(self.store.list)
+        if listing is not self._tree_src:
+            self._tree = _Tree.build(listing)
+            self._tree_src = listing
+        assert self._tree is not None
+        return self._tree
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise NotFound(f"inode {ino} is not known (forgotten or never looked up)") from None
+
+    def _intern(self, key: tuple, **fields) -> Node:
+        ino = self._by_key.get(key)
+        if ino is not None:
+            node = self._nodes[ino]
+            if fields.get("record") is not None:
+                node.record = fields["record"]
+            return node
+        ino = self._next_ino
+        self._next_ino += 1
+        node = Node(ino=ino, key=key, **fields)
+        self._nodes[ino] = node
+        self._by_key[key] = ino
+        return node
+
+    async def _record(self, node: Node) -> ModelRecord:
+        """The model's current manifest (fresh), for a model directory node or a file in one."""
+        assert node.model is not None
+        record = await self._run(self.store.get, node.model)
+        node.record = record
+        return record
+
+    def _dir_attr(self, ino: int, mtime_ns: int, subdirs: int, writable: bool = False) -> Attr:
+        mode = stat.S_IFDIR | (0o755 if writable else 0o555)
+        return Attr(ino, mode, 2 + subdirs, 4096, mtime_ns, self.uid, self.gid, DIR_TIMEOUT, DIR_TIMEOUT)
+
+    async def _file_size(self, node: Node) -> int:
+        spec = node.spec
+        assert spec is not None and node.record is not None
+        if spec.kind == layout.BLOB:
+            if node.size is None:
+                size = await self._run(self.store.blob_size, spec.digest)
+                if size is None:
+                    return spec.size  # not local: the manifest's size
+                node.size = size
+            return node.size
+        if spec.kind == layout.MANIFEST:
+            if node.size is None:
+                node.size = len(await self._run(self.store.read_manifest_bytes, node.record))
+            return node.size
+        return len(await self.render_modelfile(node.record))
+
+    # ---- attributes ------------------------------------------------------------------
+    async def getattr(self, ino: int) -> Attr:
+        node = self.node(ino)
+        if node.kind == DIR:
+            tree = await self.tree()
+            return self._dir_attr(ino, tree.mtime_ns.get(node.key, 0), len(tree.children(node.key)))
+        if node.kind == MODEL_DIR:
+            record = node.record
+            try:
+                record = await self._record(node)
+            except NotFound:
+                if record is None:
+                    raise
+            assert record is not None
+            return self._dir_attr(ino, record.mtime_ns, 0)
+        assert node.spec is not None and node.record is not None
+        size = await self._file_size(node)
+        timeout = BLOB_ATTR_TIMEOUT if node.spec.kind != layout.MANIFEST else 1.0
+        return Attr(
+            ino, stat.S_IFREG | 0o444, 1, size, node.record.mtime_ns, self.uid, self.gid, FILE_ENTRY_TIMEOUT, timeout
+        )
+
+    async def render_modelfile(self, record: ModelRecord) -> bytes:
+        """The Modelfile text of a model version (cached per manifest digest)."""
+        key = (record.name, record.manifest.digest)
+        hit = self._rendered.get(key)
+        if hit is not None:
+            self._rendered.move_to_end(key)
+            return hit
+        description = await self._run(describe, self.store, record)
+        text = modelfile.render(description).encode()
+        self._rendered[key] = text
+        while len(self._rendered) > 4096:
+            self._rendered.popitem(last=False)
+        return text
+
+    # ---- lookup and listing -----------------------------------------------------------
+    async def _children(self, node: Node) -> list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]:
+        if node.kind == DIR:
+            tree = await self.tree()
+            return [(name, key, rec, None) for name, key, rec in tree.children(node.key)]
+        if node.kind == MODEL_DIR:
+            record = await self._record(node)
+            return [
+                (spec.name, (*node.key, spec.name.lower(), spec.digest.hex), record, spec)
+                for spec in layout.model_files(record.manifest)
+            ]
+        raise OllamaFSError(f"{node.name} is not a directory", err=errno.ENOTDIR)
+
+    def _child_node(self, parent: Node, name: str, key: tuple, record: ModelRecord | None, spec) -> Node:
+        if spec is not None:
+            return self._intern(key, kind=FILE, name=name, parent=parent.ino, model=parent.model, spec=spec, record=record)
+        if record is not None:
+            return self._intern(key, kind=MODEL_DIR, name=name, parent=parent.ino, model=record.name, record=record)
+        return self._intern(key, kind=DIR, name=name, parent=parent.ino)
+
+    async def lookup(self, parent_ino: int, name: str) -> Attr:
+        """Find ``name`` in a directory (case-insensitively) and count one lookup of it."""
+        parent = self.node(parent_ino)
+        folded = name.lower()
+        for child_name, key, record, spec in await self._children(parent):
+            if child_name.lower() == folded:
+                node = self._child_node(parent, child_name, key, record, spec)
+                attr = await self.getattr(node.ino)
+                node.nlookup += 1
+                return attr
+        raise NotFound(f"{name!r} not found in {self._path(parent)}")
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        """Drop kernel references; a node nobody references is freed (never raises)."""
+        for ino, count in items:
+            node = self._nodes.get(ino)
+            if node is None or ino == ROOT_INO:
+                continue
+            node.nlookup -= count
+            if node.nlookup <= 0:
+                del self._nodes[ino]
+                if self._by_key.get(node.key) == ino:
+                    del self._by_key[node.key]
+
+    def remember(self, ino: int) -> None:
+        """A readdir entry the kernel accepted counts as one lookup."""
+        node = self._nodes.get(ino)
+        if node is not None:
+            node.nlookup += 1
+
+    async def opendir(self, ino: int) -> int:
+        node = self.node(ino)
+        entries = await self._children(node)
+        return self._new_handle(_DirHandle(node, entries))
+
+    async def readdir(self, fh: int, start: int) -> list[DirEntry]:
+        """Entries of the listing snapshotted at opendir, from cookie ``start`` on."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _DirHandle):
+            raise OllamaFSError(f"bad directory handle {fh}", err=errno.EBADF)
+        out = []
+        for index in range(start, len(handle.entries)):
+            name, key, record, spec = handle.entries[index]
+            node = self._child_node(handle.node, name, key, record, spec)
+            try:
+                attr = await self.getattr(node.ino)
+            except OllamaFSError as exc:
+                log.log(exc.level, "listing %s/%s: %s", self._path(handle.node), name, exc)
+                attr = await self._fallback_attr(node)
+            out.append(DirEntry(name, attr, index + 1))
+        return out
+
+    async def _fallback_attr(self, node: Node) -> Attr:
+        """Attributes from the manifest alone, for an entry whose content cannot be read."""
+        size = node.spec.size if node.spec is not None else 0
+        mtime = node.record.mtime_ns if node.record is not None else 0
+        return Attr(node.ino, stat.S_IFREG | 0o444, 1, size, mtime, self.uid, self.gid, 0.0, 0.0)
+
+    def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # ---- files -----------------------------------------------------------------------
+    def _new_handle(self, handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    async def open(self, ino: int, flags: int) -> Opened:
+        node = self.node(ino)
+        if node.kind != FILE:
+            raise OllamaFSError(f"{self._path(node)} is a directory", err=errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise ReadOnly(f"{self._path(node)} is read-only (layer files cannot be written)")
+        spec, record = node.spec, node.record
+        assert spec is not None and record is not None
+        if spec.kind == layout.BLOB:
+            fd = await self._run(self.store.open_blob, spec.digest)
+            size = os.fstat(fd).st_size
+            if size != spec.size:
+                os.close(fd)
+                raise IntegrityError(
+                    f"blob {spec.digest} is {size} bytes but the manifest of {record.name} says {spec.size}"
+                )
+            node.size = size
+            return Opened(self._new_handle(_Handle(node, fd=fd)), keep_cache=True)
+        if spec.kind == layout.MANIFEST:
+            data = await self._run(self.store.read_manifest_bytes, record)
+        else:
+            data = await self.render_modelfile(record)
+        return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=True)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _Handle):
+            raise OllamaFSError(f"bad file handle {fh}", err=errno.EBADF)
+        if handle.data is not None:
+            return handle.data[offset : offset + size]
+        if self.read_in_thread:
+            return await trio.to_thread.run_sync(os.pread, handle.fd, size, offset, limiter=self.limiter)
+        return os.pread(handle.fd, size, offset)
+
+    def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, _Handle) and handle.fd >= 0:
+            os.close(handle.fd)
+
+    # ---- extended attributes -----------------------------------------------------------
+    async def xattrs(self, ino: int) -> dict[str, bytes]:
+        """Every extended attribute of a node (names without a value are not listed)."""
+        node = self.node(ino)
+        if node.kind == MODEL_DIR:
+            record = await self._record(node)
+            m = record.manifest
+            return {
+                XATTR_PREFIX + "name": str(record.name).encode(),
+                XATTR_PREFIX + "digest": str(m.digest).encode(),
+                XATTR_PREFIX + "size": str(m.total_size).encode(),
+                XATTR_PREFIX + "capabilities": ",".join(await self.capabilities(record)).encode(),
+            }
+        if node.kind == FILE and node.spec is not None and node.spec.kind != layout.MODELFILE:
+            return {
+                XATTR_PREFIX + "digest": str(node.spec.digest).encode(),
+                XATTR_PREFIX + "media_type": node.spec.media_type.encode(),
+            }
+        return {}
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        values = await self.xattrs(ino) if name.startswith(XATTR_PREFIX) else {}
+        try:
+            return values[name]
+        except KeyError:
+            raise NoAttribute(f"no attribute {name} on {self._path(self.node(ino))}") from None
+
+    async def listxattr(self, ino: int) -> list[str]:
+        node = self.node(ino)
+        if node.kind == MODEL_DIR:
+            return [XATTR_PREFIX + k for k in ("name", "digest", "size", "capabilities")]
+        return list(await self.xattrs(ino))
+
+    async def gguf_metadata(self, digest: Digest) -> dict:
+        hit = self._gguf.get(digest)
+        if hit is None:
+            path = self.store.blob_path(digest)
+            try:
+                hit = await self._run(read_metadata, path)
+            except FileNotFoundError:
+                raise MissingBlob(f"blob {digest} is missing from the store ({path})") from None
+            except GGUFError as exc:
+                raise OllamaFSError(f"model blob {digest}: {exc}") from None
+            self._gguf[digest] = hit
+            while len(self._gguf) > 256:
+                self._gguf.popitem(last=False)
+        return hit
+
+    async def capabilities(self, record: ModelRecord) -> list[str]:
+        """Ollama's capabilities of a model: completion, tools, insert, vision, thinking."""
+        from ..template import Template, TemplateError, capabilities as template_caps
+
+        caps: list[str] = []
+        models = record.manifest.layers_of(mf.MODEL)
+        if models and not is_embedding_model(await self.gguf_metadata(models[-1].digest)):
+            caps.append("completion")
+        description = await self._run(describe, self.store, record)
+        try:
+            found = template_caps(Template.parse(description.template))
+        except TemplateError as exc:
+            log.warning("model %s: template does not parse (%s); no tools/insert capability", record.name, exc)
+            found = set()
+        caps += [c for c in ("tools", "insert") if c in found]
+        if record.manifest.layers_of(mf.PROJECTOR):
+            caps.append("vision")
+        if "thinking" in found:
+            caps.append("thinking")
+        return caps
+
+    # ---- refusals and statfs ---------------------------------------------------------
+    def refuse_write(self, what: str, ino: int | None = None, name: str = "") -> None:
+        where = self._path(self.node(ino)) if ino is not None and ino in self._nodes else "?"
+        raise ReadOnly(f"{what} {where}/{name}: the mount is read-only".replace("//", "/"))
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.store.root if self.store.root.exists() else "/")
+
+    def _path(self, node: Node) -> str:
+        parts = []
+        while node.ino != ROOT_INO:
+            parts.append(node.name)
+            parent = self._nodes.get(node.parent)
+            if parent is None:
+                break
+            node = parent
+        return "/" + "/".join(reversed(parts))

@@ -1,0 +1,61 @@
+"""Which files a model directory holds, and their names (docs/SEMANTICS.md, "Model directory")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..names import Digest
+from ..store import manifest as mf
+
+BLOB = "blob"  # content is a blob's bytes, immutable for a given digest
+MODELFILE = "modelfile"  # rendered from the manifest and its small layers
+MANIFEST = "manifest"  # the manifest file's bytes
+
+MODELFILE_NAME = "Modelfile"
+CONFIG_NAME = "config.json"
+MANIFEST_NAME = "manifest.json"
+
+# layer kind -> (base name, extension)
+_NAMES = {
+    mf.MODEL: ("model", ".gguf"),
+    mf.ADAPTER: ("adapter", ".gguf"),
+    mf.PROJECTOR: ("projector", ".gguf"),
+    mf.TEMPLATE: ("template", ""),
+    mf.SYSTEM: ("system", ""),
+    mf.PARAMS: ("params", ".json"),
+    mf.MESSAGES: ("messages", ".json"),
+    mf.LICENSE: ("license", ""),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    name: str
+    kind: str
+    digest: Digest  # the blob's digest, or the manifest's for MODELFILE/MANIFEST
+    size: int  # the manifest's size for blobs; 0 for rendered files until rendered
+    media_type: str = ""
+
+
+def model_files(manifest: mf.Manifest) -> list[FileSpec]:
+    """The files of a model directory in manifest order.
+
+    The first layer of a kind gets the plain name (``license``); further ones are numbered
+    ``license-1``, ``license-2``... (before the extension: ``adapter-1.gguf``).  Layers of kinds
+    Ollama does not use (``embed``, foreign media types) are not shown.
+    """
+    seen: dict[str, int] = {}
+    files: list[FileSpec] = []
+    for layer in manifest.layers:
+        kind = layer.kind
+        if kind not in _NAMES:
+            continue
+        base, ext = _NAMES[kind]
+        n = seen.get(kind, 0)
+        seen[kind] = n + 1
+        name = f"{base}{ext}" if n == 0 else f"{base}-{n}{ext}"
+        files.append(FileSpec(name, BLOB, layer.digest, layer.size, layer.media_type))
+    files.append(FileSpec(CONFIG_NAME, BLOB, manifest.config.digest, manifest.config.size, manifest.config.media_type))
+    files.append(FileSpec(MANIFEST_NAME, MANIFEST, manifest.digest, 0, manifest.media_type))
+    files.append(FileSpec(MODELFILE_NAME, MODELFILE, manifest.digest, 0))
+    return files
