@@ -71,12 +71,18 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: FileSystem) -> None:
+    def __init__(self, fs: FileSystem, on_init=None) -> None:
         super().__init__()
         self.fs = fs
+        self.on_init = on_init
 
     def init(self) -> None:
         log.info("mounted store %s", self.fs.store.root)
+        if self.on_init is not None:
+            try:
+                self.on_init()
+            except Exception:  # init must never raise
+                log.exception("init hook failed")
 
     async def forget(self, inode_list) -> None:
         try:

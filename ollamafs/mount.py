@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,23 +56,31 @@ class MountConfig:
 
 def prepare_mountpoint(path: Path) -> None:
     """Check the mountpoint; recover a stale one (a daemon that died); refuse a busy one."""
+    if _is_stale(path):
+        log.warning("mountpoint %s is stale (its daemon died); unmounting it first", path)
+        unmount(path, lazy=True)
+        if _is_stale(path):
+            raise MountError(f"mountpoint {path} is stale and could not be recovered")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist") from None
     except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise MountError(f"mountpoint {path}: {exc.strerror}") from None
-        log.warning("mountpoint %s is stale (its daemon died); unmounting it first", path)
-        unmount(path, lazy=True)
-        try:
-            st = os.stat(path)
-        except OSError as exc2:
-            raise MountError(f"mountpoint {path} is stale and could not be recovered: {exc2.strerror}") from None
-    if not os.path.isdir(path) or not (st.st_mode & 0o040000):
+        raise MountError(f"mountpoint {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
         raise MountError(f"mountpoint {path} is busy: something is already mounted there", err=errno.EBUSY)
+
+
+def _is_stale(path: Path) -> bool:
+    """A FUSE mount whose daemon is gone answers ENOTCONN (statfs always asks the daemon;
+    stat may be answered from the kernel's cache)."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def unmount(path: Path, *, lazy: bool = False) -> None:
@@ -111,7 +120,8 @@ class Daemon:
         self.config = config
         self.store = Store(config.store)
         self.fs = FileSystem(self.store, read_in_thread=config.read_in_thread)
-        self.ops = Operations(self.fs)
+        self.initialized = trio.Event()
+        self.ops = Operations(self.fs, on_init=self.initialized.set)
 
     def run(self, ready=None) -> None:
         """Mount, call ``ready()`` once serving, serve, and always unmount on the way out."""
@@ -125,8 +135,6 @@ class Daemon:
             raise MountError(f"cannot mount {self.config.mountpoint}: {exc}") from None
         unmount_needed = True
         try:
-            if self.config.readahead_kb:
-                _set_readahead(self.config.mountpoint, self.config.readahead_kb)
             trio.run(self._serve, ready)
         finally:
             try:
@@ -138,11 +146,19 @@ class Daemon:
     async def _serve(self, ready) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
+            if self.config.readahead_kb:
+                nursery.start_soon(self._tune_readahead)
             if ready is not None:
                 ready()
             log.info("serving %s on %s", self.store.root, self.config.mountpoint)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
+
+    async def _tune_readahead(self) -> None:
+        # The kernel applies FUSE's INIT reply (which caps readahead) right after init() runs.
+        await self.initialized.wait()
+        await trio.sleep(0.05)
+        await trio.to_thread.run_sync(_set_readahead, self.config.mountpoint, self.config.readahead_kb)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

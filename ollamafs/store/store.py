@@ -157,19 +157,20 @@ class Store:
         with self._lock:
             self._listing = None
 
-    def cached_listing(self) -> dict[ModelName, ModelRecord] | None:
+    def cached_listing(self, max_age: float | None = None) -> dict[ModelName, ModelRecord] | None:
         """The last listing while it is fresh, else None (never touches the disk)."""
+        ttl = self.listing_ttl if max_age is None else min(max_age, self.listing_ttl)
         with self._lock:
-            if self._listing is not None and time.monotonic() - self._listing_at < self.listing_ttl:
+            if self._listing is not None and time.monotonic() - self._listing_at < ttl:
                 return self._listing
         return None
 
-    def list(self) -> dict[ModelName, ModelRecord]:
-        """Every valid model in the store (cached for ``listing_ttl`` seconds)."""
+    def list(self, max_age: float | None = None) -> dict[ModelName, ModelRecord]:
+        """Every valid model in the store (cached for ``listing_ttl`` or ``max_age`` seconds)."""
         now = time.monotonic()
-        with self._lock:
-            if self._listing is not None and now - self._listing_at < self.listing_ttl:
-                return self._listing
+        cached = self.cached_listing(max_age)
+        if cached is not None:
+            return cached
         listing = self._walk()
         with self._lock:
             self._listing = listing

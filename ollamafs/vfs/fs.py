@@ -39,6 +39,7 @@ DIR_TIMEOUT = 1.0
 FILE_ENTRY_TIMEOUT = 0.0
 BLOB_ATTR_TIMEOUT = 300.0
 XATTR_PREFIX = "user.ollama."
+MISS_MAX_AGE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +177,10 @@ class FileSystem:
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def tree(self) -> _Tree:
-        listing = self.store.cached_listing()
+    async def tree(self, max_age: float | None = None) -> _Tree:
+        listing = self.store.cached_listing(max_age)
         if listing is None:
-            listing = await self._run(self.store.list)
+            listing = await self._run(self.store.list, max_age)
         if listing is not self._tree_src:
             self._tree = _Tree.build(listing)
             self._tree_src = listing
@@ -270,9 +271,11 @@ class FileSystem:
         return text
 
     # ---- lookup and listing -----------------------------------------------------------
-    async def _children(self, node: Node) -> list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]:
+    async def _children(
+        self, node: Node, max_age: float | None = None
+    ) -> list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]:
         if node.kind == DIR:
-            tree = await self.tree()
+            tree = await self.tree(max_age)
             return [(name, key, rec, None) for name, key, rec in tree.children(node.key)]
         if node.kind == MODEL_DIR:
             record = await self._record(node)
@@ -293,12 +296,15 @@ class FileSystem:
         """Find ``name`` in a directory (case-insensitively) and count one lookup of it."""
         parent = self.node(parent_ino)
         folded = name.lower()
-        for child_name, key, record, spec in await self._children(parent):
-            if child_name.lower() == folded:
-                node = self._child_node(parent, child_name, key, record, spec)
-                attr = await self.getattr(node.ino)
-                node.nlookup += 1
-                return attr
+        # A miss in a cached listing looks again at a listing at most MISS_MAX_AGE old, so a
+        # model written a moment ago (by Ollama, say) is found as soon as it is looked up.
+        for max_age in (None, MISS_MAX_AGE) if parent.kind == DIR else (None,):
+            for child_name, key, record, spec in await self._children(parent, max_age):
+                if child_name.lower() == folded:
+                    node = self._child_node(parent, child_name, key, record, spec)
+                    attr = await self.getattr(node.ino)
+                    node.nlookup += 1
+                    return attr
         raise NotFound(f"{name!r} not found in {self._path(parent)}")
 
     def forget(self, items: list[tuple[int, int]]) -> None:
