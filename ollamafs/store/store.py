@@ -127,6 +127,29 @@ class Store:
             self._parsed[spath] = (key, manifest)
         return manifest
 
+    def peek(self, name: ModelName) -> ModelRecord | None:
+        """``get`` from caches plus one ``stat``, or None when that needs more disk work.
+
+        Cheap enough to call on the event loop; the filesystem falls back to ``get`` in a
+        worker thread when this answers None.
+        """
+        listing = self.cached_listing()
+        record = listing.get(name) if listing is not None else None
+        if record is None:
+            return None
+        try:
+            st = os.stat(record.path)
+        except OSError:
+            return None
+        key = _StatKey(st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._parsed.get(str(record.path))
+        if hit is None or hit[0] != key or hit[1] is None:
+            return None
+        if hit[1] is record.manifest and st.st_mtime_ns == record.mtime_ns:
+            return record
+        return ModelRecord(record.name, record.path, hit[1], st.st_mtime_ns)
+
     def get(self, name: ModelName) -> ModelRecord:
         """The model's current manifest, read fresh (one stat); NotFound when absent or unusable."""
         record = self.list().get(name)

@@ -210,7 +210,9 @@ class FileSystem:
     async def _record(self, node: Node) -> ModelRecord:
         """The model's current manifest (fresh), for a model directory node or a file in one."""
         assert node.model is not None
-        record = await self._run(self.store.get, node.model)
+        record = self.store.peek(node.model)
+        if record is None:
+            record = await self._run(self.store.get, node.model)
         node.record = record
         return record
 
@@ -223,7 +225,7 @@ class FileSystem:
         assert spec is not None and node.record is not None
         if spec.kind == layout.BLOB:
             if node.size is None:
-                size = await self._run(self.store.blob_size, spec.digest)
+                size = self.store.blob_size(spec.digest)  # one stat: inline
                 if size is None:
                     return spec.size  # not local: the manifest's size
                 node.size = size
@@ -403,37 +405,35 @@ class FileSystem:
             os.close(handle.fd)
 
     # ---- extended attributes -----------------------------------------------------------
-    async def xattrs(self, ino: int) -> dict[str, bytes]:
-        """Every extended attribute of a node (names without a value are not listed)."""
-        node = self.node(ino)
-        if node.kind == MODEL_DIR:
-            record = await self._record(node)
-            m = record.manifest
-            return {
-                XATTR_PREFIX + "name": str(record.name).encode(),
-                XATTR_PREFIX + "digest": str(m.digest).encode(),
-                XATTR_PREFIX + "size": str(m.total_size).encode(),
-                XATTR_PREFIX + "capabilities": ",".join(await self.capabilities(record)).encode(),
-            }
-        if node.kind == FILE and node.spec is not None and node.spec.kind != layout.MODELFILE:
-            return {
-                XATTR_PREFIX + "digest": str(node.spec.digest).encode(),
-                XATTR_PREFIX + "media_type": node.spec.media_type.encode(),
-            }
-        return {}
-
-    async def getxattr(self, ino: int, name: str) -> bytes:
-        values = await self.xattrs(ino) if name.startswith(XATTR_PREFIX) else {}
-        try:
-            return values[name]
-        except KeyError:
-            raise NoAttribute(f"no attribute {name} on {self._path(self.node(ino))}") from None
-
-    async def listxattr(self, ino: int) -> list[str]:
-        node = self.node(ino)
+    def _xattr_names(self, node: Node) -> list[str]:
         if node.kind == MODEL_DIR:
             return [XATTR_PREFIX + k for k in ("name", "digest", "size", "capabilities")]
-        return list(await self.xattrs(ino))
+        if node.kind == FILE and node.spec is not None and node.spec.kind != layout.MODELFILE:
+            return [XATTR_PREFIX + k for k in ("digest", "media_type")]
+        return []
+
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        """One extended attribute (docs/SEMANTICS.md, "Extended attributes"); ENODATA if absent."""
+        node = self.node(ino)
+        if name not in self._xattr_names(node):
+            raise NoAttribute(f"no attribute {name} on {self._path(node)}")
+        attr = name[len(XATTR_PREFIX):]
+        if node.kind == MODEL_DIR:
+            record = await self._record(node)
+            if attr == "name":
+                return str(record.name).encode()
+            if attr == "digest":
+                return str(record.manifest.digest).encode()
+            if attr == "size":
+                return str(record.manifest.total_size).encode()
+            return ",".join(await self.capabilities(record)).encode()
+        assert node.spec is not None
+        if attr == "digest":
+            return str(node.spec.digest).encode()
+        return node.spec.media_type.encode()
+
+    async def listxattr(self, ino: int) -> list[str]:
+        return self._xattr_names(self.node(ino))
 
     async def gguf_metadata(self, digest: Digest) -> dict:
         hit = self._gguf.get(digest)

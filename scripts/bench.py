@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""ollamafs benchmarks: every number is a ratio against a baseline measured in the same run.
+
+    scripts/bench [--size-mib N] [--runs N] [--models N] [--dir DIR]
+
+1. Cold read of a large local blob through the mount vs a minimal pyfuse3 read-through
+   filesystem (scripts/baseline_fs.py) reading the same file.      target: ratio <= 1.10
+2. Repeated (warm) read through the mount vs reading the blob directly.  target: ratio <= 1.50
+3. `ls -lR` of a store with N models (default 1000), cold and warm mount: seconds, reported.
+
+Cold means the page cache is dropped before each read (/proc/sys/vm/drop_caches when root,
+else posix_fadvise(DONTNEED) on both files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.factory import StoreBuilder, write_tiny_gguf  # noqa: E402
+
+CHUNK = 1 << 20
+
+
+def drop_caches(*paths: Path) -> None:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
+    except OSError:
+        pass
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def timed_read(path: Path) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fd, CHUNK):
+            n += len(chunk)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0, n
+
+
+class Mounted:
+    def __init__(self, cmd: list[str], mountpoint: Path, log: Path) -> None:
+        self.mountpoint = mountpoint
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        self.logf = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=self.logf, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: mount failed: {log.read_text()[-2000:]}")
+            time.sleep(0.02)
+        time.sleep(0.2)  # let post-INIT tuning (readahead) settle
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.logf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def ollamafs_mount(store: Path, mp: Path, log: Path, options: str = "") -> Mounted:
+    cmd = [sys.executable, "-m", "ollamafs", "mount", "-f", "--store", str(store)]
+    if options:
+        cmd += ["-o", options]
+    return Mounted(cmd + [str(mp)], mp, log)
+
+
+def make_big_store(work: Path, size_mib: int) -> tuple[Path, Path, str]:
+    """A store whose model layer is size_mib MiB of random bytes (kept between runs)."""
+    store = work / "big-store"
+    meta = work / "big-store.json"
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        blob = store / "blobs" / f"sha256-{info['hex']}"
+        if info["size_mib"] == size_mib and blob.exists() and blob.stat().st_size == size_mib * CHUNK:
+            return store, blob, info["name"]
+    builder = StoreBuilder(store)
+    h = hashlib.sha256()
+    tmp = store / "blobs" / ".bench-tmp"
+    with open(tmp, "wb") as f:
+        for _ in range(size_mib):
+            chunk = os.urandom(CHUNK)
+            h.update(chunk)
+            f.write(chunk)
+    blob = store / "blobs" / f"sha256-{h.hexdigest()}"
+    os.rename(tmp, blob)
+    name = "registry.ollama.ai/library/big:1g"
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{h.hexdigest()}", "size": size_mib * CHUNK}
+    builder.manifest(name, [layer])
+    meta.write_text(json.dumps({"hex": h.hexdigest(), "size_mib": size_mib, "name": name}))
+    return store, blob, name
+
+
+def verdict(ratio: float, target: float) -> str:
+    return "PASS" if ratio <= target else "MISS"
+
+
+def bench_reads(work: Path, size_mib: int, runs: int) -> list[str]:
+    store, blob, name = make_big_store(work, size_mib)
+    host, ns, rest = name.split("/", 2)
+    rel = Path(host) / ns / rest / "model.gguf"
+    report = []
+    base_cmd = [sys.executable, str(REPO / "scripts" / "baseline_fs.py"), str(blob)]
+    variants = {"ollamafs": "", "ollamafs -o read_threads": "read_threads", "ollamafs -o readahead_kb=0": "readahead_kb="}
+    cold: dict[str, list[float]] = {k: [] for k in ["baseline", *variants]}
+    with Mounted(base_cmd + [str(work / "mnt-base")], work / "mnt-base", work / "base.log") as base:
+        mounts = {k: ollamafs_mount(store, work / f"mnt-{i}", work / f"ollamafs-{i}.log", opt)
+                  for i, (k, opt) in enumerate(variants.items())}
+        try:
+            paths = {"baseline": base.mountpoint / blob.name, **{k: m.mountpoint / rel for k, m in mounts.items()}}
+            for r in range(runs):
+                order = list(paths) if r % 2 == 0 else list(reversed(paths))
+                for key in order:
+                    drop_caches(blob, paths[key])
+                    seconds, n = timed_read(paths[key])
+                    assert n == size_mib * CHUNK, (key, n)
+                    cold[key].append(seconds)
+            # warm: the mount's page cache (keep_cache) against the blob read directly
+            ours = paths["ollamafs"]
+            timed_read(ours)
+            timed_read(blob)
+            warm_ours, warm_direct = [], []
+            for _ in range(runs):
+                warm_ours.append(timed_read(ours)[0])
+                warm_direct.append(timed_read(blob)[0])
+        finally:
+            for m in mounts.values():
+                m.close()
+    med = {k: statistics.median(v) for k, v in cold.items()}
+    gib = size_mib / 1024
+    report.append(f"cold read of a {size_mib} MiB blob (median of {runs}):")
+    for k, v in med.items():
+        report.append(f"  {k:28s} {v:7.3f} s  {gib / v:6.2f} GiB/s")
+    ratio = med["ollamafs"] / med["baseline"]
+    report.append(f"RATIO cold read ollamafs/baseline-pyfuse3 = {ratio:.3f}  (target <= 1.10) {verdict(ratio, 1.10)}")
+    w_ours, w_direct = statistics.median(warm_ours), statistics.median(warm_direct)
+    report.append(f"warm read: ollamafs {w_ours:.3f} s ({gib / w_ours:.2f} GiB/s), direct {w_direct:.3f} s ({gib / w_direct:.2f} GiB/s)")
+    wratio = w_ours / w_direct
+    report.append(f"RATIO warm read ollamafs/direct = {wratio:.3f}  (target <= 1.50) {verdict(wratio, 1.50)}")
+    return report
+
+
+def bench_listing(work: Path, models: int) -> list[str]:
+    store_root = work / f"list-store-{models}"
+    if not (store_root / "done").exists():
+        builder = StoreBuilder(store_root)
+        gguf = write_tiny_gguf(work / "tiny.gguf")
+        model_layer = builder.layer("model", gguf.read_bytes())
+        for i in range(models):
+            params = builder.layer("params", json.dumps({"seed": i}).encode())
+            builder.manifest(f"registry.ollama.ai/ns{i % 10}/model{i}:latest", [model_layer, params])
+        (store_root / "done").write_text("")
+    report = [f"ls -lR of a store with {models} models:"]
+    with ollamafs_mount(store_root, work / "mnt-list", work / "list.log") as m:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = subprocess.run(["ls", "-lR", str(m.mountpoint)], capture_output=True)
+            times.append(time.perf_counter() - t0)
+            assert out.returncode == 0, out.stderr
+        lines = out.stdout.count(b"\n")
+    report.append(f"  first (cold) {times[0]:.2f} s, then {times[1]:.2f} s, {times[2]:.2f} s  ({lines} lines)")
+    report.append(f"  per model: {1000 * times[0] / models:.2f} ms cold, {1000 * min(times[1:]) / models:.2f} ms warm")
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--dir", type=Path, default=Path(os.environ.get("OLLAMAFS_BENCH_DIR", "/var/tmp/ollamafs-bench")))
+    ap.add_argument("--only", choices=["reads", "listing"], default=None)
+    args = ap.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    report: list[str] = []
+    if args.only in (None, "reads"):
+        report += bench_reads(args.dir, args.size_mib, args.runs)
+    if args.only in (None, "listing"):
+        report += bench_listing(args.dir, args.models)
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
