@@ -39,7 +39,7 @@ DIR_TIMEOUT = 1.0
 FILE_ENTRY_TIMEOUT = 0.0
 BLOB_ATTR_TIMEOUT = 300.0
 XATTR_PREFIX = "user.ollama."
-MISS_MAX_AGE = 0.05
+MISS_MAX_AGE = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +298,7 @@ class FileSystem:
         """Find ``name`` in a directory (case-insensitively) and count one lookup of it."""
         parent = self.node(parent_ino)
         folded = name.lower()
-        # A miss in a cached listing looks again at a listing at most MISS_MAX_AGE old, so a
+        # A miss in the cached listing rescans the store (in a worker thread), so a
         # model written a moment ago (by Ollama, say) is found as soon as it is looked up.
         for max_age in (None, MISS_MAX_AGE) if parent.kind == DIR else (None,):
             for child_name, key, record, spec in await self._children(parent, max_age):
