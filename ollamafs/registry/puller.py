@@ -1,0 +1,683 @@
+"""Download one blob into ``blobs/`` the way Ollama does, resumably, and verify it.
+
+Files, all in the blobs directory (Ollama's partial format, so either program can resume the
+other's download)::
+
+    sha256-<hex>-partial      the data, truncated to the blob's size up front (sparse)
+    sha256-<hex>-partial-<N>  one JSON object per part, as Go's encoder writes
+                              Ollama's ``blobDownloadPart``:
+                              {"N":0,"Offset":0,"Size":1048576,"Completed":65536}\\n
+    sha256-<hex>              the verified blob, renamed into place at the very end
+
+A part's JSON is only ever updated *after* the bytes it counts were written to the data file, so
+after a crash (SIGKILL included) a resumed part re-fetches at most what its JSON does not cover.
+JSON updates are atomic (a hidden temporary file, then ``os.replace``).
+
+The blob is cut into parts of ``total / parts`` bytes clamped to ``[min_part_size,
+max_part_size]`` (Ollama: 16 parts, 100 MB..1000 MB); up to ``concurrency`` parts download at
+once as ranged GETs against a URL resolved once (redirects to a CDN are followed a single time).
+A part that fails is retried with exponential backoff, up to ``max_retries`` attempts in all; a
+part that receives nothing for ``stall_timeout`` seconds is restarted at once (a stall uses up an
+attempt too, so a pull always ends).  Data is streamed to disk in ``write_size`` pieces from
+worker threads (one ``pwritev`` of the received chunks, no copy): memory stays bounded by about
+``concurrency * write_size``.
+
+The file is hashed (sha256) in worker threads: the contiguous finished prefix while parts still
+download (bytes below a part's completed mark are never written again), the rest once every part
+is complete, and its size is checked; only a match is fsynced and renamed to its final name.  A
+mismatch deletes the data and the part files, logs one ERROR with both digests and raises
+:class:`DigestMismatch`; nothing unverified ever gets the final name.  Other failures leave the
+partial files for the next pull to resume.
+
+One download per digest at a time: a second ``pull`` of a digest already in flight waits for the
+first one and shares its outcome (if the first caller is cancelled, a waiter takes over).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from ..errors import NotFound, OllamaFSError
+from ..names import Digest, ModelName
+from .client import RegistryClient
+from .errors import AuthError, BlobWriteError, DigestMismatch, DownloadFailed, RegistryError, TransferError
+
+log = logging.getLogger(__name__)
+
+MB = 1000 * 1000  # Ollama's format.MegaByte
+PARTS = 16
+MIN_PART_SIZE = 100 * MB
+MAX_PART_SIZE = 1000 * MB
+MAX_RETRIES = 6
+STALL_TIMEOUT = 30.0
+WRITE_SIZE = 1 << 20
+HASH_CHUNK = 4 << 20
+HASH_STEP = 64 << 20  # bytes hashed per worker-thread call while downloading
+_MAX_IOV = 512  # well below IOV_MAX (1024 on Linux)
+
+T = TypeVar("T")
+
+# What the registry client raises; anything else (bugs, OSError) is not retried.
+_REMOTE_ERRORS = (RegistryError, NotFound, AuthError)
+
+
+@dataclass(slots=True)
+class PartState:
+    """One part of a download: bytes ``[offset, offset + size)``, ``completed`` of them on disk."""
+
+    n: int
+    offset: int
+    size: int
+    completed: int = 0
+
+    @property
+    def start(self) -> int:
+        return self.offset + self.completed
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    @property
+    def done(self) -> bool:
+        return self.completed >= self.size
+
+    def to_json(self) -> bytes:
+        """Exactly what Go's ``json.Encoder`` writes for Ollama's ``jsonBlobDownloadPart``."""
+        doc = {"N": self.n, "Offset": self.offset, "Size": self.size, "Completed": self.completed}
+        return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PartState:
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        vals = []
+        for key in ("N", "Offset", "Size", "Completed"):
+            v = doc.get(key, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"bad {key}: {v!r}")
+            vals.append(v)
+        n, offset, size, completed = vals
+        if completed > size:
+            raise ValueError(f"Completed {completed} > Size {size}")
+        return cls(n, offset, size, completed)
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """A snapshot of one download, handed to progress callbacks.
+
+    ``state`` is ``"downloading"``, ``"verifying"``, ``"done"`` or ``"failed"``; ``rate`` is the
+    average bytes per second fetched in this session (resumed bytes do not count).
+    """
+
+    digest: Digest
+    total: int | None
+    completed: int
+    rate: float
+    state: str
+
+
+ProgressCallback = Callable[[PullProgress], None]
+
+
+class _Download:
+    """The shared record of one in-flight download (single-flight per digest)."""
+
+    def __init__(self, digest: Digest, report_interval: float) -> None:
+        self.digest = digest
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.abandoned = False  # the leader was cancelled: a waiter takes over
+        self.callbacks: list[ProgressCallback] = []
+        self.total: int | None = None
+        self.completed = 0
+        self.fetched = 0
+        self.state = "downloading"
+        self.progressed = trio.Event()  # set whenever some part's completed mark moves
+        self.started = trio.current_time()
+        self._interval = report_interval
+        self._last_report = -1e9
+
+    def snapshot(self) -> PullProgress:
+        elapsed = trio.current_time() - self.started
+        rate = self.fetched / elapsed if elapsed > 0 else 0.0
+        return PullProgress(self.digest, self.total, self.completed, rate, self.state)
+
+    def report(self, state: str | None = None, *, force: bool = False) -> None:
+        if state is not None:
+            self.state = state
+            force = True
+        now = trio.current_time()
+        if not force and now - self._last_report < self._interval:
+            return
+        self._last_report = now
+        snap = self.snapshot()
+        for cb in list(self.callbacks):
+            try:
+                cb(snap)
+            except Exception:  # a broken callback must not break the download
+                log.exception("progress callback failed for %s", self.digest.short)
+
+
+class BlobPuller:
+    """Pulls blobs from a registry into one Ollama ``blobs`` directory; see the module text."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        blobs_dir: str | os.PathLike[str],
+        *,
+        parts: int = PARTS,
+        min_part_size: int = MIN_PART_SIZE,
+        max_part_size: int = MAX_PART_SIZE,
+        concurrency: int | None = None,
+        max_retries: int = MAX_RETRIES,
+        stall_timeout: float = STALL_TIMEOUT,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        write_size: int = WRITE_SIZE,
+        checkpoint_interval: float = 1.0,
+        progress_interval: float = 0.1,
+        io_threads: int = 8,
+        hash_threads: int = 2,
+    ) -> None:
+        if parts < 1 or min_part_size < 1 or max_part_size < min_part_size or max_retries < 1:
+            raise ValueError("bad part or retry settings")
+        self.client = client
+        self.blobs_dir = Path(blobs_dir)
+        self.parts = parts
+        self.min_part_size = min_part_size
+        self.max_part_size = max_part_size
+        self.concurrency = concurrency or parts
+        self.max_retries = max_retries
+        self.stall_timeout = stall_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.write_size = write_size
+        self.checkpoint_interval = checkpoint_interval
+        self.progress_interval = progress_interval
+        self._io = trio.CapacityLimiter(io_threads)
+        self._hash = trio.CapacityLimiter(hash_threads)
+        self._inflight: dict[Digest, _Download] = {}
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.filename
+
+    def partial_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.partial_filename
+
+    def part_path(self, digest: Digest, n: int) -> Path:
+        return self.blobs_dir / f"{digest.partial_filename}-{n}"
+
+    def _part_tmp_path(self, digest: Digest, n: int) -> Path:
+        # Hidden, and not matching Ollama's "<blob>-partial-*" glob.
+        return self.blobs_dir / f".{digest.partial_filename}-{n}.tmp"
+
+    # -- public API ------------------------------------------------------------------------
+
+    def progress(self, digest: Digest) -> PullProgress | None:
+        """The state of the download of ``digest`` if one is in flight."""
+        dl = self._inflight.get(digest)
+        return dl.snapshot() if dl is not None else None
+
+    def in_flight(self) -> list[Digest]:
+        return list(self._inflight)
+
+    async def pull(
+        self,
+        name: ModelName,
+        digest: Digest,
+        *,
+        size: int | None = None,
+        scheme: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Make ``blobs/sha256-<hex>`` exist and hold ``digest``'s bytes; return its path.
+
+        ``size`` (from the manifest) saves a HEAD request and is checked as well.  An existing
+        final blob is trusted.  Raises :class:`DigestMismatch`, :class:`DownloadFailed`, or the
+        client's errors (:class:`RegistryNotFound`, :class:`AuthError`, ...).
+        """
+        final = self.blob_path(digest)
+        while True:
+            if final.exists():
+                if progress is not None:
+                    n = final.stat().st_size
+                    progress(PullProgress(digest, n, n, 0.0, "done"))
+                return final
+            dl = self._inflight.get(digest)
+            if dl is None:
+                break
+            if progress is not None:
+                dl.callbacks.append(progress)
+            try:
+                await dl.done.wait()
+            finally:
+                if progress is not None and progress in dl.callbacks:
+                    dl.callbacks.remove(progress)
+            if dl.abandoned:
+                continue
+            if dl.error is not None:
+                raise dl.error.with_traceback(None)
+            return final
+
+        dl = _Download(digest, self.progress_interval)
+        if progress is not None:
+            dl.callbacks.append(progress)
+        self._inflight[digest] = dl
+        try:
+            try:
+                await self._run(dl, name, digest, size, scheme)
+            except OSError as exc:
+                raise BlobWriteError(
+                    f"pulling blob {digest.short} into {self.blobs_dir}: {exc.strerror or exc}", err=exc.errno
+                ) from exc
+        except OllamaFSError as exc:
+            dl.error = exc
+            dl.report("failed")
+            raise
+        except BaseException:
+            dl.abandoned = True
+            raise
+        finally:
+            del self._inflight[digest]
+            dl.done.set()
+        dl.report("done")
+        return final
+
+    # -- the download ----------------------------------------------------------------------
+
+    async def _run(self, dl: _Download, name: ModelName, digest: Digest, size: int | None, scheme: str | None) -> None:
+        parts, total = await self._thread(self._load_parts, digest, size)
+        if parts is None:
+            if size is None:
+                size = await self._with_retries(
+                    digest, "HEAD", lambda: self.client.blob_size(name, digest, scheme=scheme)
+                )
+            total = size
+            parts = self._plan(total)
+            await self._thread(self._start_fresh, digest, parts)
+        else:
+            done = sum(p.completed for p in parts)
+            log.info("resuming %s: %d of %d bytes in %d parts already on disk", digest.short, done, total, len(parts))
+        assert total is not None
+        if size is not None and total != size:  # pragma: no cover - _load_parts discards that
+            raise DownloadFailed(f"blob {digest.short}: partial state is for {total} bytes, not {size}")
+        dl.total = total
+        dl.completed = sum(p.completed for p in parts)
+        dl.report(force=True)
+
+        fd = await self._thread(self._open_data, digest, total)
+        hasher = _PrefixHasher(fd, parts)
+        try:
+            if not all(p.done for p in parts):
+                if parts:
+                    log.debug("downloading %s in %d part(s) of %d bytes", digest.short, len(parts), parts[0].size)
+                url = await self._with_retries(
+                    digest, "resolving", lambda: self.client.resolve_blob_url(name, digest, scheme=scheme)
+                )
+                await self._download_parts(dl, name, digest, fd, url, parts, hasher)
+            dl.report("verifying")
+            await self._verify_and_commit(dl, digest, fd, hasher, total, parts)
+        finally:
+            os.close(fd)
+
+    def _plan(self, total: int) -> list[PartState]:
+        """Ollama's split: ``total / parts`` clamped to the part size bounds."""
+        size = min(max(total // self.parts, self.min_part_size), self.max_part_size)
+        out: list[PartState] = []
+        offset = 0
+        while offset < total:
+            n = min(size, total - offset)
+            out.append(PartState(len(out), offset, n))
+            offset += n
+        return out
+
+    async def _download_parts(
+        self,
+        dl: _Download,
+        name: ModelName,
+        digest: Digest,
+        fd: int,
+        url: str,
+        parts: list[PartState],
+        hasher: _PrefixHasher,
+    ) -> None:
+        failures: list[BaseException] = []
+        limiter = trio.CapacityLimiter(self.concurrency)
+
+        async def run_part(part: PartState, cancel: trio.CancelScope) -> None:
+            async with limiter:
+                try:
+                    await self._download_part(dl, name, digest, fd, url, part)
+                except (OllamaFSError, OSError) as exc:
+                    failures.append(exc)
+                    cancel.cancel()
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._hash_behind, dl, hasher)
+            async with trio.open_nursery() as nursery:
+                for part in parts:  # in offset order: the limiter is FIFO, so are the parts
+                    if not part.done:
+                        nursery.start_soon(run_part, part, nursery.cancel_scope)
+            outer.cancel_scope.cancel()
+        if failures:
+            exc = failures[0]
+            if isinstance(exc, OSError):
+                raise BlobWriteError(f"writing blob {digest.short}: {exc.strerror or exc}", err=exc.errno) from exc
+            raise exc
+
+    async def _hash_behind(self, dl: _Download, hasher: _PrefixHasher) -> None:
+        """Hash the finished prefix of the file while the rest downloads (cancelled at the end).
+
+        Bytes below a part's ``completed`` mark are never written again, so what is hashed here
+        is what the file will hold; verification then only hashes what is left.
+        """
+        try:
+            while True:
+                dl.progressed = trio.Event()
+                if hasher.frontier() > hasher.pos:
+                    await trio.to_thread.run_sync(hasher.advance, HASH_STEP, limiter=self._hash)
+                else:
+                    await dl.progressed.wait()
+        except OSError as exc:  # verification will read it again and report
+            log.debug("hashing %s ahead stopped: %s", dl.digest.short, exc)
+
+    async def _download_part(
+        self, dl: _Download, name: ModelName, digest: Digest, fd: int, url: str, part: PartState
+    ) -> None:
+        attempts = 0
+        last: BaseException | None = None
+        while not part.done:
+            if attempts >= self.max_retries:
+                raise DownloadFailed(
+                    f"blob {digest.short}: part {part.n} failed {attempts} times; last error: {last}"
+                ) from last
+            attempts += 1
+            writer = _PartWriter(self, dl, digest, fd, part)
+            error: BaseException | None = None
+            try:
+                with trio.CancelScope() as scope:
+                    scope.deadline = trio.current_time() + self.stall_timeout
+                    try:
+                        async with self.client.stream_blob(name, digest, part.start, part.end, url=url) as body:
+                            async for chunk in body:
+                                scope.deadline = trio.current_time() + self.stall_timeout
+                                # Shielded (a bounded disk write), so a cancellation lands inside
+                                # the body's network read and ends httpcore's generators there.
+                                with trio.CancelScope(shield=True):
+                                    await writer.add(chunk)
+                    except _REMOTE_ERRORS as exc:
+                        error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await writer.flush()
+                    await self._thread(self._write_part, digest, part)
+            if scope.cancelled_caught:
+                last = TransferError(f"part {part.n} stalled: nothing for {self.stall_timeout:g} s")
+                log.info("%s part %d stalled; restarting it", digest.short, part.n)
+                continue
+            if error is None:
+                if not part.done:  # pragma: no cover - BlobBody raises on a short body
+                    error = TransferError(f"part {part.n} ended at {part.start} of {part.end}")
+                else:
+                    break
+            if not getattr(error, "retryable", False):
+                raise error
+            last = error
+            delay = min(self.backoff_base * 2 ** (attempts - 1), self.backoff_max)
+            log.info(
+                "%s part %d attempt %d failed: %s; retrying in %.2f s", digest.short, part.n, attempts, error, delay
+            )
+            await trio.sleep(delay)
+
+    async def _with_retries(self, digest: Digest, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run a small request with the part retry policy (and the stall timeout as a deadline)."""
+        last: BaseException | None = None
+        for attempt in range(1, self.max_retries + 1):
+            with trio.move_on_after(self.stall_timeout) as scope:
+                try:
+                    return await fn()
+                except _REMOTE_ERRORS as exc:
+                    if not getattr(exc, "retryable", False):
+                        raise
+                    last = exc
+            if scope.cancelled_caught:
+                last = TransferError(f"{what} {digest.short}: no answer in {self.stall_timeout:g} s")
+            if attempt < self.max_retries:
+                delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
+                log.info("%s %s failed: %s; retrying in %.2f s", what, digest.short, last, delay)
+                await trio.sleep(delay)
+        raise DownloadFailed(f"{what} blob {digest.short} failed {self.max_retries} times: {last}") from last
+
+    async def _verify_and_commit(
+        self, dl: _Download, digest: Digest, fd: int, hasher: _PrefixHasher, total: int, parts: list[PartState]
+    ) -> None:
+        """Hash the whole file (the rest of it, after :meth:`_hash_behind`) and check its size;
+        rename only a match into place."""
+        actual_hex, actual_size = await trio.to_thread.run_sync(hasher.finish, limiter=self._hash)
+        if actual_hex != digest.hex or actual_size != total:
+            log.error(
+                "digest mismatch, file must be downloaded again: expected %s (%d bytes), got sha256:%s (%d bytes)",
+                digest,
+                total,
+                actual_hex,
+                actual_size,
+            )
+            await self._thread(self._discard, digest, len(parts))
+            raise DigestMismatch(
+                f"digest mismatch for blob {digest}: downloaded bytes hash to sha256:{actual_hex} "
+                f"({actual_size} bytes); file must be downloaded again"
+            )
+        await self._thread(self._commit, digest, fd, len(parts))
+        log.debug("blob %s verified and stored", digest.short)
+
+    # -- disk work, always in worker threads -----------------------------------------------
+
+    async def _thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io)
+
+    def _load_parts(self, digest: Digest, size: int | None) -> tuple[list[PartState] | None, int | None]:
+        """Read the part files of an earlier attempt; ``(None, None)`` if there is nothing usable."""
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        prefix = digest.partial_filename + "-"
+        parts: list[PartState] = []
+        names: list[str] = []
+        for entry in os.listdir(self.blobs_dir):
+            if entry.startswith("." + prefix) and entry.endswith(".tmp"):
+                _unlink(self.blobs_dir / entry)  # a checkpoint interrupted mid-way
+            elif entry.startswith(prefix) and entry[len(prefix) :].isdigit():
+                names.append(entry)
+        if not names:
+            return None, None
+        try:
+            for entry in names:
+                parts.append(PartState.from_json((self.blobs_dir / entry).read_bytes()))
+            parts.sort(key=lambda p: p.offset)
+            problem = _check_parts(parts, size)
+        except (OSError, ValueError) as exc:
+            problem = f"unreadable part file: {exc}"
+        if problem:
+            log.info("discarding the partial download of %s: %s", digest.short, problem)
+            for entry in names:
+                _unlink(self.blobs_dir / entry)
+            _unlink(self.partial_path(digest))
+            return None, None
+        total = sum(p.size for p in parts)
+        try:
+            have = os.stat(self.partial_path(digest)).st_size
+        except FileNotFoundError:
+            have = 0
+        for p in parts:  # bytes the data file lost (or never had) are not complete
+            p.completed = max(0, min(p.completed, have - p.offset))
+        return parts, total
+
+    def _start_fresh(self, digest: Digest, parts: list[PartState]) -> None:
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        _unlink(self.partial_path(digest))
+        for part in parts:
+            self._write_part(digest, part)
+
+    def _open_data(self, digest: Digest, total: int) -> int:
+        fd = os.open(self.partial_path(digest), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(fd).st_size != total:
+                os.ftruncate(fd, total)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _write_part(self, digest: Digest, part: PartState) -> None:
+        tmp = self._part_tmp_path(digest, part.n)
+        with open(tmp, "wb") as f:
+            f.write(part.to_json())
+        os.replace(tmp, self.part_path(digest, part.n))
+
+    def _discard(self, digest: Digest, nparts: int) -> None:
+        _unlink(self.partial_path(digest))
+        for n in range(nparts):
+            _unlink(self.part_path(digest, n))
+
+    def _commit(self, digest: Digest, fd: int, nparts: int) -> None:
+        os.fsync(fd)
+        os.rename(self.partial_path(digest), self.blob_path(digest))
+        for n in range(nparts):
+            _unlink(self.part_path(digest, n))
+        dfd = os.open(self.blobs_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class _PartWriter:
+    """Collects one attempt's chunks and writes them at the part's position from a worker thread.
+
+    Chunks are kept as received and written with one ``pwritev`` (no copying into a buffer).
+    """
+
+    def __init__(self, puller: BlobPuller, dl: _Download, digest: Digest, fd: int, part: PartState) -> None:
+        self.puller = puller
+        self.dl = dl
+        self.digest = digest
+        self.fd = fd
+        self.part = part
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.last_checkpoint = trio.current_time()
+
+    async def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        if self.size >= self.puller.write_size or len(self.chunks) >= _MAX_IOV:
+            await self.flush()
+            now = trio.current_time()
+            if now - self.last_checkpoint >= self.puller.checkpoint_interval:
+                self.last_checkpoint = now
+                await self.puller._thread(self.puller._write_part, self.digest, self.part)
+
+    async def flush(self) -> None:
+        if not self.chunks:
+            return
+        chunks, size = self.chunks, self.size
+        self.chunks, self.size = [], 0
+        room = self.part.end - self.part.start
+        if size > room:  # pragma: no cover - BlobBody never yields past the range
+            raise TransferError(f"part {self.part.n}: {size} bytes for {room} bytes of room")
+        await self.puller._thread(_pwritev_all, self.fd, chunks, self.part.start)
+        # Only now, with the bytes in the file, do they count (and may reach the part's JSON).
+        self.part.completed += size
+        self.dl.completed += size
+        self.dl.fetched += size
+        self.dl.progressed.set()
+        self.dl.report()
+
+
+def _check_parts(parts: list[PartState], size: int | None) -> str | None:
+    """Why a set of part files cannot be resumed, or None if it can."""
+    if sorted(p.n for p in parts) != list(range(len(parts))):
+        return "part numbers are not 0..n-1"
+    offset = 0
+    for p in parts:
+        if p.offset != offset or p.size <= 0:
+            return f"part {p.n} does not continue at offset {offset}"
+        offset += p.size
+    if size is not None and offset != size:
+        return f"parts cover {offset} bytes, the blob has {size}"
+    return None
+
+
+def _pwritev_all(fd: int, chunks: list[bytes], offset: int) -> None:
+    bufs: list[bytes | memoryview] = list(chunks)
+    while bufs:
+        n = os.pwritev(fd, bufs, offset)
+        if n <= 0:  # pragma: no cover - pwritev raises rather than returning 0 on regular files
+            raise OSError(errno.EIO, "short write")
+        offset += n
+        while bufs and n >= len(bufs[0]):
+            n -= len(bufs[0])
+            bufs.pop(0)
+        if n:
+            bufs[0] = memoryview(bufs[0])[n:]
+
+
+class _PrefixHasher:
+    """sha256 of a file's bytes from offset 0 up to ``pos``, advanced in worker threads.
+
+    ``advance`` and ``finish`` run in a thread and update ``h`` and ``pos`` together, so the pair
+    stays consistent whether or not the trio side was cancelled while waiting for them.
+    """
+
+    def __init__(self, fd: int, parts: list[PartState]) -> None:
+        self.fd = fd
+        self.parts = parts  # in offset order
+        self.h = hashlib.sha256()
+        self.pos = 0
+
+    def frontier(self) -> int:
+        """End of the contiguous prefix of written bytes."""
+        for p in self.parts:
+            if not p.done:
+                return p.start
+        return self.parts[-1].end if self.parts else 0
+
+    def advance(self, limit: int) -> None:
+        """Hash up to ``limit`` more bytes of the finished prefix (worker thread)."""
+        stop = min(self.frontier(), self.pos + limit)
+        while self.pos < stop:
+            data = os.pread(self.fd, min(HASH_CHUNK, stop - self.pos), self.pos)
+            if not data:
+                break
+            self.h.update(data)
+            self.pos += len(data)
+
+    def finish(self) -> tuple[str, int]:
+        """Hash the rest of the file up to its end; return the hex digest and the file's length."""
+        while True:
+            data = os.pread(self.fd, HASH_CHUNK, self.pos)
+            if not data:
+                return self.h.hexdigest(), self.pos
+            self.h.update(data)
+            self.pos += len(data)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
