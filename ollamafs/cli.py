@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]", help="mount options")
     m.add_argument("-d", "--debug", action="store_true", help="debug logging")
+    m.add_argument("--insecure", action="store_true", help="talk plain http to registries")
+    m.add_argument("--offline", action="store_true", help="no registry: show only the store")
     m.add_argument("--log", type=Path, default=None, help="log file of a background mount")
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _mount(args) -> int:
     options = [o for group in args.options for o in group.split(",") if o]
+    options += [flag for flag in ("insecure", "offline") if getattr(args, flag)]
     store = (args.store or default_store_path()).expanduser().resolve()
     mountpoint = args.mountpoint.expanduser().absolute()
     if args.foreground:

@@ -37,6 +37,10 @@ class GGUFError(OllamaFSError):
     """Not a GGUF file, or a truncated or inconsistent header."""
 
 
+class TruncatedGGUF(GGUFError):
+    """The bytes end inside the header (a prefix of a file was given)."""
+
+
 class ArrayInfo:
     """A skipped array value: its element type and length."""
 
@@ -59,12 +63,28 @@ def read_metadata(path: Path | str) -> dict[str, object]:
             raise GGUFError(f"{path}: empty file, not GGUF") from None
     with mm:
         try:
-            return _parse(mm)
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
-            raise GGUFError(f"{path}: truncated or corrupt GGUF header ({exc})") from None
+            return parse_metadata(mm)
+        except GGUFError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
 
 
-def _parse(buf: mmap.mmap) -> dict[str, object]:
+def parse_metadata(buf) -> dict[str, object]:
+    """The header of a GGUF held in ``buf`` (bytes or mmap, possibly only a prefix of it)."""
+    try:
+        return _parse(buf)
+    except (struct.error, IndexError) as exc:
+        raise TruncatedGGUF(f"GGUF header truncated ({exc})") from None
+    except _PastEnd as exc:
+        raise TruncatedGGUF(f"GGUF header truncated ({exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GGUFError(f"corrupt GGUF header ({exc})") from None
+
+
+class _PastEnd(Exception):
+    pass
+
+
+def _parse(buf) -> dict[str, object]:
     (magic,) = struct.unpack_from("<I", buf, 0)
     if magic != GGUF_MAGIC:
         raise GGUFError("not a GGUF file (bad magic)")
@@ -81,7 +101,7 @@ def _parse(buf: mmap.mmap) -> dict[str, object]:
         (n,) = struct.unpack_from("<Q", buf, at)
         end = at + 8 + n
         if end > len(buf):
-            raise ValueError("string runs past the end of the file")
+            raise _PastEnd("a string runs past the end")
         return buf[at + 8 : end].decode("utf-8", errors="replace"), end
 
     for _ in range(kv_count):
@@ -102,7 +122,7 @@ def _parse(buf: mmap.mmap) -> dict[str, object]:
             else:
                 raise ValueError(f"unsupported array item type {item_type} for {key}")
             if pos > len(buf):
-                raise ValueError(f"array {key} runs past the end of the file")
+                raise _PastEnd(f"array {key} runs past the end")
             out[key] = ArrayInfo(item_type, count)
         elif vtype in _SCALAR:
             fmt = _SCALAR[GGUFValueType(vtype)]

@@ -16,13 +16,15 @@ import trio
 
 from .errors import MountError
 from .fuse_ops import Operations
+from .pulls import PullManager
+from .registry import BlobPuller, RegistryClient
 from .store import Store
 from .vfs.fs import FileSystem
 
 log = logging.getLogger(__name__)
 
 # Our own -o options (the rest go to FUSE as they are).
-OWN_OPTIONS = {"read_threads", "readahead_kb"}
+OWN_OPTIONS = {"read_threads", "readahead_kb", "insecure", "offline"}
 
 
 @dataclass
@@ -33,6 +35,8 @@ class MountConfig:
     read_in_thread: bool = False
     readahead_kb: int | None = 1024
     debug: bool = False
+    insecure: bool = False  # plain http to registries
+    offline: bool = False  # no registry: only what the store has
 
     @classmethod
     def from_options(cls, mountpoint: Path, store: Path, options: list[str]) -> MountConfig:
@@ -46,12 +50,25 @@ class MountConfig:
                     config.readahead_kb = int(value) if value else None
                 except ValueError:
                     raise MountError(f"-o readahead_kb needs a number, not {value!r}") from None
+            elif key == "insecure":
+                config.insecure = True
+            elif key == "offline":
+                config.offline = True
             elif key == "debug":
                 config.debug = True
                 config.fuse_options.append(opt)
             elif opt:
                 config.fuse_options.append(opt)
         return config
+
+
+def registry_client(*, insecure: bool) -> RegistryClient:
+    """The one registry client; Basic credentials from OLLAMAFS_REGISTRY_USER/_PASSWORD."""
+    return RegistryClient(
+        insecure=insecure,
+        username=os.environ.get("OLLAMAFS_REGISTRY_USER") or None,
+        password=os.environ.get("OLLAMAFS_REGISTRY_PASSWORD") or None,
+    )
 
 
 def prepare_mountpoint(path: Path) -> None:
@@ -119,7 +136,12 @@ class Daemon:
     def __init__(self, config: MountConfig) -> None:
         self.config = config
         self.store = Store(config.store)
-        self.fs = FileSystem(self.store, read_in_thread=config.read_in_thread)
+        self.client: RegistryClient | None = None
+        self.pulls: PullManager | None = None
+        if not config.offline:
+            self.client = registry_client(insecure=config.insecure)
+            self.pulls = PullManager(self.store, self.client, BlobPuller(self.client, self.store.blobs_dir))
+        self.fs = FileSystem(self.store, pulls=self.pulls, read_in_thread=config.read_in_thread)
         self.initialized = trio.Event()
         self.ops = Operations(self.fs, on_init=self.initialized.set)
 
@@ -146,13 +168,20 @@ class Daemon:
     async def _serve(self, ready) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
+            if self.pulls is not None:
+                self.pulls.attach(nursery)
             if self.config.readahead_kb:
                 nursery.start_soon(self._tune_readahead)
             if ready is not None:
                 ready()
             log.info("serving %s on %s", self.store.root, self.config.mountpoint)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
+            try:
+                await pyfuse3.main()
+            finally:
+                nursery.cancel_scope.cancel()
+                if self.client is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.client.aclose()
 
     async def _tune_readahead(self) -> None:
         # The kernel applies FUSE's INIT reply (which caps readahead) right after init() runs.

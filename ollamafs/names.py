@@ -22,7 +22,7 @@ DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
-_DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
+_DIGEST_RE = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")  # used with fullmatch: no "\n" slips by
 _PARTIAL_SUFFIX = "-partial"
 
 HOST, NAMESPACE, MODEL, TAG = "host", "namespace", "model", "tag"
@@ -44,7 +44,7 @@ class Digest:
         """Accept ``sha256:<hex>`` or ``sha256-<hex>``; anything else is InvalidDigest."""
         if not isinstance(text, str):
             raise InvalidDigest(f"invalid digest format: {text!r}")
-        m = _DIGEST_RE.match(text)
+        m = _DIGEST_RE.fullmatch(text)
         if m is None:
             raise InvalidDigest(f"invalid digest format: {text!r}")
         return cls(m.group(1).lower())
@@ -177,22 +177,20 @@ def parse_with_scheme(text: str) -> tuple[ModelName, str | None]:
     rest = text
     tag = DEFAULT_TAG
     scheme: str | None = None
+    namespace, host = DEFAULT_NAMESPACE, DEFAULT_HOST
     if rest.rfind(":") > rest.rfind("/"):
         rest, tag = rest.rsplit(":", 1)
-    pieces = rest.rsplit("/", 2) if "://" not in rest else _split_with_scheme(rest)
-    if isinstance(pieces, tuple):
-        scheme, pieces = pieces
-    model = pieces[-1]
-    namespace = pieces[-2] if len(pieces) >= 2 else DEFAULT_NAMESPACE
-    host = pieces[-3] if len(pieces) >= 3 else DEFAULT_HOST
-    if scheme is None and "://" in host:
-        scheme, host = host.split("://", 1)
+    # As Ollama's ParseNameBare: model, then namespace come off the right; only what is left
+    # is the host, and only there is a "scheme://" cut off.
+    rest, slash, model = rest.rpartition("/")
+    if slash:
+        rest, slash, namespace = rest.rpartition("/")
+        if slash:
+            host = rest
+            if "://" in host:
+                scheme, host = host.split("://", 1)
     try:
         return ModelName(host, namespace, model, tag), scheme
     except InvalidName as exc:
         raise InvalidName(f"invalid model name {text!r}: {exc}") from None
 
-
-def _split_with_scheme(rest: str) -> tuple[str, list[str]]:
-    scheme, _, remainder = rest.partition("://")
-    return scheme, remainder.rsplit("/", 2)

@@ -80,7 +80,16 @@ class Manifest:
             "config": self.config.to_json(),
             "layers": [layer.to_json() for layer in self.layers],
         }
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return go_json(doc).encode()
+
+
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def go_json(value: object) -> str:
+    """Compact JSON as Go's encoding/json writes it (HTML-safe escapes of < > & U+2028 U+2029)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return "".join(_GO_ESCAPES.get(ch, ch) for ch in text)
 
 
 def _parse_layer(obj: object, where: str) -> Layer:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidName, ManifestError, MissingBlob, NotFound
+from ..errors import InvalidName, ManifestError, MissingBlob, NotFound, PermissionDenied
 from ..names import Digest, ModelName
 from .manifest import Manifest, parse_manifest
 
@@ -36,16 +36,25 @@ class ModelRecord:
     """One model of the store as the listing saw it."""
 
     name: ModelName
-    path: Path  # the manifest file
+    path: Path  # the manifest file (where it will be, for a model not yet local)
     manifest: Manifest
     mtime_ns: int
+    remote: bytes | None = None  # the registry's manifest bytes, for a model not yet local
 
 
 @dataclass(frozen=True, slots=True)
 class _StatKey:
+    """What must stay equal for a cached parse to still be the file's (ctime catches an
+    in-place rewrite of the same size within one mtime tick, and a restored mtime)."""
+
     ino: int
     mtime_ns: int
+    ctime_ns: int
     size: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _StatKey:
+        return cls(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 class Store:
@@ -86,6 +95,8 @@ class Store:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise MissingBlob(f"blob {digest} is missing from the store ({path})") from None
+        except PermissionError:
+            raise PermissionDenied(f"blob {digest} is not readable by this user ({path})") from None
 
     def read_small_blob(self, digest: Digest, limit: int = 16 * 1024 * 1024) -> bytes:
         """The whole content of a small layer (template, system, params...)."""
@@ -105,7 +116,7 @@ class Store:
 
     def _load(self, path: Path, st: os.stat_result) -> Manifest | None:
         """Parse (cached) the manifest at path; None (with one warning) when it is unusable."""
-        key = _StatKey(st.st_ino, st.st_mtime_ns, st.st_size)
+        key = _StatKey.of(st)
         spath = str(path)
         with self._lock:
             hit = self._parsed.get(spath)
@@ -141,7 +152,7 @@ class Store:
             st = os.stat(record.path)
         except OSError:
             return None
-        key = _StatKey(st.st_ino, st.st_mtime_ns, st.st_size)
+        key = _StatKey.of(st)
         with self._lock:
             hit = self._parsed.get(str(record.path))
         if hit is None or hit[0] != key or hit[1] is None:
@@ -166,6 +177,8 @@ class Store:
 
     def read_manifest_bytes(self, record: ModelRecord) -> bytes:
         """The manifest file's bytes, checked against the digest the record was parsed with."""
+        if record.remote is not None:
+            return record.remote
         try:
             with open(record.path, "rb") as f:
                 data = f.read(MAX_MANIFEST_BYTES + 1)
@@ -226,7 +239,7 @@ class Store:
         with self._lock:
             if spath in self._parsed:
                 return
-            self._parsed[spath] = (_StatKey(0, 0, 0), None)
+            self._parsed[spath] = (_StatKey(0, 0, 0, 0), None)
         log.warning("%s", message)
 
 

@@ -14,18 +14,21 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
 from .. import modelfile
 from ..errors import IntegrityError, MissingBlob, NoAttribute, NotFound, OllamaFSError, ReadOnly
 from ..gguf_meta import GGUFError, is_embedding_model, read_metadata
-from ..names import Digest, ModelName
+from ..names import HOST, NAMESPACE, Digest, ModelName, is_valid_part
 from ..store import ModelRecord, Store
 from ..store import manifest as mf
 from ..store.describe import describe
 from . import layout
+
+if TYPE_CHECKING:
+    from ..pulls import PullManager
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +99,12 @@ class _Tree:
     mtime_ns: dict[tuple, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, listing: dict[ModelName, ModelRecord]) -> _Tree:
+    def build(cls, listing: dict[ModelName, ModelRecord], remotes: list[ModelRecord] = ()) -> _Tree:
         tree = cls()
-        for name, record in listing.items():
+        records = dict(listing)
+        for record in remotes:
+            records.setdefault(record.name, record)
+        for name, record in records.items():
             h, n, d = name.host.lower(), name.namespace.lower(), name.dirname.lower()
             host = tree.hosts.setdefault(h, (name.host, {}))
             ns = host[1].setdefault(n, (name.namespace, {}))
@@ -148,6 +154,7 @@ class FileSystem:
         self,
         store: Store,
         *,
+        pulls: PullManager | None = None,
         uid: int | None = None,
         gid: int | None = None,
         read_in_thread: bool = False,
@@ -155,6 +162,8 @@ class FileSystem:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.pulls = pulls
+        self.started_ns = time.time_ns()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.read_in_thread = read_in_thread
@@ -181,9 +190,10 @@ class FileSystem:
         listing = self.store.cached_listing(max_age)
         if listing is None:
             listing = await self._run(self.store.list, max_age)
-        if listing is not self._tree_src:
-            self._tree = _Tree.build(listing)
-            self._tree_src = listing
+        src = (id(listing), self.pulls.version if self.pulls else 0)
+        if src != self._tree_src:
+            self._tree = _Tree.build(listing, self.pulls.remotes() if self.pulls else [])
+            self._tree_src = src
         assert self._tree is not None
         return self._tree
 
@@ -212,7 +222,12 @@ class FileSystem:
         assert node.model is not None
         record = self.store.peek(node.model)
         if record is None:
-            record = await self._run(self.store.get, node.model)
+            try:
+                record = await self._run(self.store.get, node.model)
+            except NotFound:
+                if self.pulls is None:
+                    raise
+                record = await self.pulls.remote(node.model)
         node.record = record
         return record
 
@@ -241,7 +256,7 @@ class FileSystem:
         node = self.node(ino)
         if node.kind == DIR:
             tree = await self.tree()
-            return self._dir_attr(ino, tree.mtime_ns.get(node.key, 0), len(tree.children(node.key)))
+            return self._dir_attr(ino, tree.mtime_ns.get(node.key, self.started_ns), len(tree.children(node.key)))
         if node.kind == MODEL_DIR:
             record = node.record
             try:
@@ -251,6 +266,8 @@ class FileSystem:
                     raise
             assert record is not None
             return self._dir_attr(ino, record.mtime_ns, 0)
+        if node.spec is not None and node.spec.kind == layout.STATUS:
+            return Attr(ino, stat.S_IFREG | 0o444, 1, 0, time.time_ns(), self.uid, self.gid, 0.0, 0.0)
         assert node.spec is not None and node.record is not None
         size = await self._file_size(node)
         timeout = BLOB_ATTR_TIMEOUT if node.spec.kind != layout.MANIFEST else 1.0
@@ -265,6 +282,8 @@ class FileSystem:
         if hit is not None:
             self._rendered.move_to_end(key)
             return hit
+        if record.remote is not None and self.pulls is not None:
+            await self.pulls.ensure_text_layers(record)
         description = await self._run(describe, self.store, record)
         text = modelfile.render(description).encode()
         self._rendered[key] = text
@@ -298,6 +317,11 @@ class FileSystem:
         """Find ``name`` in a directory (case-insensitively) and count one lookup of it."""
         parent = self.node(parent_ino)
         folded = name.lower()
+        if parent_ino == ROOT_INO and name == layout.STATUS_NAME and self.pulls is not None:
+            # not listed, so that find and cp -r of the mount leave it alone
+            node = self._child_node(parent, name, (name,), None, layout.STATUS_SPEC)
+            node.nlookup += 1
+            return await self.getattr(node.ino)
         # A miss in the cached listing rescans the store (in a worker thread), so a
         # model written a moment ago (by Ollama, say) is found as soon as it is looked up.
         for max_age in (None, MISS_MAX_AGE) if parent.kind == DIR else (None,):
@@ -307,7 +331,33 @@ class FileSystem:
                     attr = await self.getattr(node.ino)
                     node.nlookup += 1
                     return attr
+        if self.pulls is not None and parent.kind == DIR:
+            node = await self._remote_child(parent, name)
+            if node is not None:
+                attr = await self.getattr(node.ino)
+                node.nlookup += 1
+                return attr
         raise NotFound(f"{name!r} not found in {self._path(parent)}")
+
+    async def _remote_child(self, parent: Node, name: str) -> Node | None:
+        """A host, namespace or model:tag that is not local, as the registry knows it."""
+        assert self.pulls is not None
+        depth = len(parent.key)
+        key = (*parent.key, name.lower())
+        if depth == 0 and is_valid_part(HOST, name) and ("." in name or ":" in name or name.lower() == "localhost"):
+            return self._intern(key, kind=DIR, name=name, parent=parent.ino)
+        if depth == 1 and is_valid_part(NAMESPACE, name):
+            return self._intern(key, kind=DIR, name=name, parent=parent.ino)
+        if depth == 2 and ":" in name:
+            model, _, tag = name.rpartition(":")
+            try:
+                wanted = ModelName(self.node(parent.parent).name, parent.name, model, tag)
+            except OllamaFSError:
+                return None
+            record = await self.pulls.remote(wanted)
+            return self._intern(key, kind=MODEL_DIR, name=record.name.dirname, parent=parent.ino,
+                                model=record.name, record=record)
+        return None
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         """Drop kernel references; a node nobody references is freed (never raises)."""
@@ -372,8 +422,15 @@ class FileSystem:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise ReadOnly(f"{self._path(node)} is read-only (layer files cannot be written)")
         spec, record = node.spec, node.record
-        assert spec is not None and record is not None
+        assert spec is not None
+        if spec.kind == layout.STATUS:
+            data = self.status_text().encode()
+            return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=False, direct_io=True)
+        assert record is not None
         if spec.kind == layout.BLOB:
+            if record.remote is not None and self.pulls is not None:
+                await self.pulls.ensure_blob(record.name, spec.digest, spec.size)
+                await self.pulls.commit_if_complete(record)
             fd = await self._run(self.store.open_blob, spec.digest)
             size = os.fstat(fd).st_size
             if size != spec.size:
@@ -408,7 +465,7 @@ class FileSystem:
     def _xattr_names(self, node: Node) -> list[str]:
         if node.kind == MODEL_DIR:
             return [XATTR_PREFIX + k for k in ("name", "digest", "size", "capabilities")]
-        if node.kind == FILE and node.spec is not None and node.spec.kind != layout.MODELFILE:
+        if node.kind == FILE and node.spec is not None and node.spec.kind in (layout.BLOB, layout.MANIFEST):
             return [XATTR_PREFIX + k for k in ("digest", "media_type")]
         return []
 
@@ -456,8 +513,16 @@ class FileSystem:
 
         caps: list[str] = []
         models = record.manifest.layers_of(mf.MODEL)
-        if models and not is_embedding_model(await self.gguf_metadata(models[-1].digest)):
-            caps.append("completion")
+        if models:
+            layer = models[-1]
+            if record.remote is not None and self.pulls is not None and self.store.blob_size(layer.digest) is None:
+                meta = await self.pulls.gguf_header(record, layer)
+            else:
+                meta = await self.gguf_metadata(layer.digest)
+            if not is_embedding_model(meta):
+                caps.append("completion")
+        if record.remote is not None and self.pulls is not None:
+            await self.pulls.ensure_text_layers(record)
         description = await self._run(describe, self.store, record)
         try:
             found = template_caps(Template.parse(description.template))
@@ -470,6 +535,19 @@ class FileSystem:
         if "thinking" in found:
             caps.append("thinking")
         return caps
+
+    def status_text(self) -> str:
+        """The pulls running now, one line each (docs/SEMANTICS.md, "Pull progress")."""
+        lines = []
+        for name, digest, progress, size in self.pulls.progress() if self.pulls else []:
+            done = progress.completed if progress else 0
+            total = (progress.total if progress and progress.total else size) or 0
+            rate = progress.rate if progress else 0.0
+            state = progress.state if progress else "starting"
+            pct = 100.0 * done / total if total else 0.0
+            eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "-"
+            lines.append(f"{name} {digest} {state} {done}/{total} {pct:.1f}% {rate / 1e6:.1f}MB/s eta {eta}\n")
+        return "".join(lines)
 
     # ---- refusals and statfs ---------------------------------------------------------
     def refuse_write(self, what: str, ino: int | None = None, name: str = "") -> None:

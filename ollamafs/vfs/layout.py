@@ -10,6 +10,7 @@ from ..store import manifest as mf
 BLOB = "blob"  # content is a blob's bytes, immutable for a given digest
 MODELFILE = "modelfile"  # rendered from the manifest and its small layers
 MANIFEST = "manifest"  # the manifest file's bytes
+STATUS = "status"  # the mount's running pulls (MOUNT/.pulls)
 
 MODELFILE_NAME = "Modelfile"
 CONFIG_NAME = "config.json"
@@ -35,6 +36,10 @@ class FileSpec:
     digest: Digest  # the blob's digest, or the manifest's for MODELFILE/MANIFEST
     size: int  # the manifest's size for blobs; 0 for rendered files until rendered
     media_type: str = ""
+
+
+STATUS_NAME = ".pulls"
+STATUS_SPEC = FileSpec(STATUS_NAME, STATUS, Digest("0" * 64), 0)
 
 
 def model_files(manifest: mf.Manifest) -> list[FileSpec]:

@@ -110,16 +110,17 @@ def test_lookup_is_case_insensitive(one_model, mount):
 
 
 def test_unknown_paths_are_enoent(one_model, mount):
-    """§Tree: anything not in the store is ENOENT."""
-    m = mount()
+    """§Tree: anything not in the store is ENOENT (offline: no registry to ask)."""
+    m = mount(["offline"])
     for rel in ["nohost", "registry.ollama.ai/nons", "registry.ollama.ai/library/tiny:2b", f"{MODEL_DIR}/adapter.gguf"]:
         with pytest.raises(FileNotFoundError):
             os.stat(m.path / rel)
 
 
 def test_writes_are_refused_with_erofs(one_model, mount):
-    """§Read-only: every change is EROFS with a log line."""
-    m = mount()
+    """§Read-only: every change is EROFS with a log line (offline: a new name is not looked up
+    in a registry first)."""
+    m = mount(["offline"])
     d = m.path / MODEL_DIR
     for action in (
         lambda: open(d / "template", "w"),
