@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--log", type=Path, default=None, help="log file of a background mount")
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
+    pl = sub.add_parser("pull", help="pull a model from its registry into the store, with a progress bar")
+    pl.add_argument("name", help="[scheme://][host/][namespace/]model[:tag]")
+    pl.add_argument("--store", type=Path, default=None, help="models directory (default $OLLAMA_MODELS or ~/.ollama/models)")
+    pl.add_argument("--insecure", action="store_true", help="talk plain http to the registry")
+    pl.add_argument("-v", "--verbose", action="store_true")
+
     u = sub.add_parser("umount", aliases=["unmount"], help="unmount")
     u.add_argument("mountpoint", type=Path)
     u.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mount":
             return _mount(args)
+        if args.command == "pull":
+            return _pull(args)
         if args.command in ("umount", "unmount"):
             from .mount import unmount
 
@@ -145,3 +153,40 @@ def _mount_background(args, mountpoint: Path, store: Path, options: list[str]) -
         proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     message = answer.decode(errors="replace").strip() or f"the mount daemon exited ({proc.returncode}); see {log_path}"
     raise MountError(message)
+
+
+def _pull(args) -> int:
+    """``ollama pull`` with a progress bar: bytes, rate and ETA of the whole model."""
+    import trio
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from .mount import registry_client
+    from .names import parse_with_scheme
+    from .pulls import PullManager
+    from .registry import BlobPuller
+    from .store import Store
+
+    _setup_logging(args.verbose, False)
+    name, scheme = parse_with_scheme(args.name)
+    store = Store((args.store or default_store_path()).expanduser())
+    console = Console(stderr=True)
+
+    async def run() -> None:
+        client = registry_client(insecure=args.insecure)
+        async with client:
+            client.scheme_for(name, scheme)  # an http:// name without --insecure: refuse now
+            pulls = PullManager(store, client, BlobPuller(client, store.blobs_dir), scheme=scheme)
+            columns = (TextColumn("pulling {task.description}"), BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=False) as progress:
+                task = progress.add_task(name.short, total=None)
+
+                def report(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                await pulls.pull_model(name, report)
+
+    trio.run(run)
+    console.print(f"success: {name.short} is in {store.root}")
+    return 0

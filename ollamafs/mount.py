@@ -24,7 +24,7 @@ from .vfs.fs import FileSystem
 log = logging.getLogger(__name__)
 
 # Our own -o options (the rest go to FUSE as they are).
-OWN_OPTIONS = {"read_threads", "readahead_kb", "insecure", "offline"}
+OWN_OPTIONS = {"read_threads", "readahead_kb", "insecure", "offline", "part_size", "stall_timeout", "retry_backoff"}
 
 
 @dataclass
@@ -37,6 +37,7 @@ class MountConfig:
     debug: bool = False
     insecure: bool = False  # plain http to registries
     offline: bool = False  # no registry: only what the store has
+    puller: dict = field(default_factory=dict)  # BlobPuller tuning (part size, stall timeout...)
 
     @classmethod
     def from_options(cls, mountpoint: Path, store: Path, options: list[str]) -> MountConfig:
@@ -54,6 +55,19 @@ class MountConfig:
                 config.insecure = True
             elif key == "offline":
                 config.offline = True
+            elif key in ("part_size", "stall_timeout", "retry_backoff"):
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise MountError(f"-o {key} needs a number, not {value!r}") from None
+                if number <= 0:
+                    raise MountError(f"-o {key} must be positive")
+                if key == "part_size":
+                    config.puller.update(min_part_size=int(number), max_part_size=int(number))
+                elif key == "stall_timeout":
+                    config.puller["stall_timeout"] = number
+                else:
+                    config.puller.update(backoff_base=number, backoff_max=max(number * 8, number))
             elif key == "debug":
                 config.debug = True
                 config.fuse_options.append(opt)
@@ -140,7 +154,7 @@ class Daemon:
         self.pulls: PullManager | None = None
         if not config.offline:
             self.client = registry_client(insecure=config.insecure)
-            self.pulls = PullManager(self.store, self.client, BlobPuller(self.client, self.store.blobs_dir))
+            self.pulls = PullManager(self.store, self.client, BlobPuller(self.client, self.store.blobs_dir, **config.puller))
         self.fs = FileSystem(self.store, pulls=self.pulls, read_in_thread=config.read_in_thread)
         self.initialized = trio.Event()
         self.ops = Operations(self.fs, on_init=self.initialized.set)

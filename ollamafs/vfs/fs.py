@@ -249,7 +249,17 @@ class FileSystem:
             if node.size is None:
                 node.size = len(await self._run(self.store.read_manifest_bytes, node.record))
             return node.size
+        if not self._renderable(node.record):
+            return 0  # a remote model's text layers are not here yet: unknown until opened
         return len(await self.render_modelfile(node.record))
+
+    def _renderable(self, record: ModelRecord) -> bool:
+        """Whether the Modelfile can be rendered without pulling anything."""
+        if record.remote is None or (record.name, record.manifest.digest) in self._rendered:
+            return True
+        text_kinds = (mf.TEMPLATE, mf.SYSTEM, mf.PARAMS, mf.MESSAGES, mf.LICENSE)
+        return all(self.store.blob_size(layer.digest) == layer.size
+                   for layer in record.manifest.layers if layer.kind in text_kinds)
 
     # ---- attributes ------------------------------------------------------------------
     async def getattr(self, ino: int) -> Attr:
@@ -442,9 +452,12 @@ class FileSystem:
             return Opened(self._new_handle(_Handle(node, fd=fd)), keep_cache=True)
         if spec.kind == layout.MANIFEST:
             data = await self._run(self.store.read_manifest_bytes, record)
-        else:
-            data = await self.render_modelfile(record)
-        return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=True)
+            return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=True)
+        # A remote model's Modelfile was listed with size 0: read it with direct_io so the
+        # kernel reads to EOF instead of trusting that size.
+        direct = not self._renderable(record)
+        data = await self.render_modelfile(record)
+        return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=not direct, direct_io=direct)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._handles.get(fh)
