@@ -193,13 +193,105 @@ def bench_listing(work: Path, models: int) -> list[str]:
     return report
 
 
+def _upload_file(base: str, repo: str, path: Path, digest: str) -> None:
+    import httpx
+
+    with httpx.Client(trust_env=False, timeout=600) as http:
+        if http.head(f"{base}/v2/{repo}/blobs/{digest}").status_code == 200:
+            return
+        r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
+        location = str(httpx.URL(base).join(r.headers["location"]))
+        sep = "&" if "?" in location else "?"
+
+        def chunks():
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK * 8):
+                    yield chunk
+
+        r = http.put(f"{location}{sep}digest={digest}", content=chunks(),
+                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)})
+        assert r.status_code == 201, r.text
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
+    """A cold cp of the big blob through the mount from a local docker-registry, against
+    curl | tee FILE | openssl dgst -sha256 of the same bytes from the same registry."""
+    from tests.integration.registry_fixtures import run_registry
+
+    store, blob, _name = make_big_store(work, size_mib)
+    digest = "sha256:" + blob.name.split("-", 1)[1]
+    report = [f"pull of a {size_mib} MiB model.gguf from a local docker-registry (median of {runs}):"]
+    regdir = work / "registry"
+    regdir.mkdir(exist_ok=True)
+    with run_registry(regdir) as server:
+        _upload_file(server.url, "library/big", blob, digest)
+        cfg = json.dumps({"model_format": "gguf"}).encode()
+        import httpx
+
+        from tests.integration.registry_fixtures import upload_blob
+
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            cdigest = upload_blob(http, server.url, "library/big", cfg)
+            manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cdigest,
+                                   "size": len(cfg)},
+                        "layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": digest,
+                                    "size": size_mib * CHUNK}]}
+            r = http.put(f"{server.url}/v2/library/big/manifests/1g", content=json.dumps(manifest),
+                         headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+            assert r.status_code == 201, r.text
+        url = f"{server.url}/v2/library/big/blobs/{digest}"
+        out = work / "pulled.bin"
+        pipe_t, mount_t, peaks = [], [], []
+        for r_ in range(runs):
+            for which in (("pipe", "mount") if r_ % 2 == 0 else ("mount", "pipe")):
+                if out.exists():
+                    out.unlink()
+                if which == "pipe":
+                    t0 = time.perf_counter()
+                    res = subprocess.run(["bash", "-o", "pipefail", "-c",
+                                          f"curl -sS --fail '{url}' | tee '{out}' | openssl dgst -sha256"],
+                                         capture_output=True, text=True)
+                    pipe_t.append(time.perf_counter() - t0)
+                    assert res.returncode == 0 and blob.name.split("-", 1)[1] in res.stdout, res
+                else:
+                    pull_store = work / "pull-store"
+                    subprocess.run(["rm", "-rf", str(pull_store)])
+                    pull_store.mkdir()
+                    with ollamafs_mount(pull_store, work / "mnt-pull", work / "pull.log", "insecure") as m:
+                        src = m.mountpoint / server.host / "library" / "big:1g" / "model.gguf"
+                        t0 = time.perf_counter()
+                        res = subprocess.run(["cp", str(src), str(out)], capture_output=True, text=True)
+                        mount_t.append(time.perf_counter() - t0)
+                        assert res.returncode == 0, res.stderr
+                        peaks.append(peak_rss_mb(m.proc.pid))
+                    assert out.stat().st_size == size_mib * CHUNK
+        if out.exists():
+            out.unlink()
+    p, mt = statistics.median(pipe_t), statistics.median(mount_t)
+    report.append(f"  curl | tee | openssl   {p:7.3f} s  {size_mib / 1024 / p:6.2f} GiB/s")
+    report.append(f"  cp through the mount   {mt:7.3f} s  {size_mib / 1024 / mt:6.2f} GiB/s")
+    ratio = mt / p
+    report.append(f"RATIO cold pull cp-through-mount/curl-pipeline = {ratio:.3f}  (target <= 1.20) {verdict(ratio, 1.20)}")
+    peak = max(peaks)
+    report.append(f"daemon peak RSS during the pull = {peak:.0f} MB  (target < 200 MB) {'PASS' if peak < 200 else 'MISS'}")
+    return report
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("OLLAMAFS_BENCH_DIR", "/var/tmp/ollamafs-bench")))
-    ap.add_argument("--only", choices=["reads", "listing"], default=None)
+    ap.add_argument("--only", choices=["reads", "listing", "pull"], default=None)
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     report: list[str] = []
@@ -207,6 +299,8 @@ def main() -> int:
         report += bench_reads(args.dir, args.size_mib, args.runs)
     if args.only in (None, "listing"):
         report += bench_listing(args.dir, args.models)
+    if args.only in (None, "pull"):
+        report += bench_pull(args.dir, args.size_mib, args.runs)
     print("\n".join(report))
     return 0
 
