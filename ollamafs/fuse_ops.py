@@ -16,7 +16,7 @@ import os
 import pyfuse3
 
 from .errors import OllamaFSError
-from .vfs.fs import Attr, FileSystem
+from .vfs.fs import Attr, Caller, FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
+        only_size = fields.update_size and not (fields.update_mode or fields.update_uid or fields.update_gid)
+        if only_size and attr.st_size == 0 and self.fs.truncate_ok(inode):
+            return _entry(await self.fs.getattr(inode))  # `> generate` truncates: a no-op
         self.fs.refuse_write("change attributes of", inode)
 
     @_handler
@@ -119,7 +122,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode, flags, ctx):
-        opened = await self.fs.open(inode, flags)
+        opened = await self.fs.open(inode, flags, Caller(ctx.uid, ctx.pid))
         info = pyfuse3.FileInfo(fh=opened.fh)
         info.keep_cache = opened.keep_cache
         info.direct_io = opened.direct_io
@@ -136,7 +139,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def access(self, inode, mode, ctx):
-        if mode & os.W_OK:
+        if mode & os.W_OK and not self.fs.truncate_ok(inode):
             self.fs.refuse_write("write access to", inode)
         self.fs.node(inode)
         return True
@@ -207,4 +210,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def write(self, fh, off, buf):
-        raise OllamaFSError("write to a read-only handle", err=errno.EBADF)
+        return await self.fs.write(fh, off, buf)
+
+    @_handler
+    async def flush(self, fh):
+        await self.fs.flush(fh)

@@ -16,6 +16,8 @@ import trio
 
 from .errors import MountError
 from .fuse_ops import Operations
+from .inference.engine import Engine
+from .inference.sessions import Generator
 from .pulls import PullManager
 from .registry import BlobPuller, RegistryClient
 from .store import Store
@@ -74,6 +76,12 @@ class MountConfig:
             elif opt:
                 config.fuse_options.append(opt)
         return config
+
+
+def _llama_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def registry_client(*, insecure: bool) -> RegistryClient:
@@ -155,7 +163,14 @@ class Daemon:
         if not config.offline:
             self.client = registry_client(insecure=config.insecure)
             self.pulls = PullManager(self.store, self.client, BlobPuller(self.client, self.store.blobs_dir, **config.puller))
-        self.fs = FileSystem(self.store, pulls=self.pulls, read_in_thread=config.read_in_thread)
+        self.engine: Engine | None = None
+        self.generator: Generator | None = None
+        if _llama_available():
+            self.engine = Engine()
+            self.generator = Generator(self.store, self.engine, self.pulls)
+        else:
+            log.warning("llama-cpp-python is not installed: generate answers EOPNOTSUPP")
+        self.fs = FileSystem(self.store, pulls=self.pulls, generator=self.generator, read_in_thread=config.read_in_thread)
         self.initialized = trio.Event()
         self.ops = Operations(self.fs, on_init=self.initialized.set)
 
@@ -184,6 +199,9 @@ class Daemon:
             nursery.start_soon(self._signals, nursery.cancel_scope)
             if self.pulls is not None:
                 self.pulls.attach(nursery)
+            if self.generator is not None and self.engine is not None:
+                self.generator.attach(nursery)
+                nursery.start_soon(self.engine.run_reaper)
             if self.config.readahead_kb:
                 nursery.start_soon(self._tune_readahead)
             if ready is not None:
@@ -193,9 +211,11 @@ class Daemon:
                 await pyfuse3.main()
             finally:
                 nursery.cancel_scope.cancel()
-                if self.client is not None:
-                    with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True):
+                    if self.client is not None:
                         await self.client.aclose()
+                    if self.engine is not None:
+                        await self.engine.close()
 
     async def _tune_readahead(self) -> None:
         # The kernel applies FUSE's INIT reply (which caps readahead) right after init() runs.

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -554,6 +554,88 @@ class RegistryClient:
         if status in (401, 403):
             raise AuthError(f"{what}: access denied, HTTP {status}{_detail(body)}", status=status, body=body)
         raise RegistryError(f"{what}: HTTP {status} from {url}{_detail(body)}", status=status, body=body, url=url)
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        repo: str,
+        what: str,
+        ok: tuple[int, ...] = (200,),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | Callable[[], AsyncIterable[bytes]] | None = None,
+        authenticate: bool = True,
+    ) -> httpx.Response:
+        """One request of the write side of the protocol (uploads, manifest PUT), with a body.
+
+        Credentials as for every other request (cached Bearer token or Basic; on a 401 the
+        challenge is answered and the request sent once more).  ``content`` is bytes or a
+        factory of a fresh async iterable of bytes per attempt (so a 401 can replay a streamed
+        body; set Content-Length in ``headers`` then).  Redirects are not followed.  The response
+        body is read (capped) and the response closed before it is returned; a status not in
+        ``ok`` raises the error it stands for (404 RegistryNotFound, 401/403 AuthError, else
+        RegistryError) with ``what`` in the message; no answer raises RegistryUnreachable.
+        """
+        hdrs = dict(headers or {})
+        auth_key = (_origin(httpx.URL(url)), repo)
+        sent: _Token | None = None
+        if authenticate:
+            key = self._repo_auth.get(auth_key)
+            token = self._tokens.get(key) if key else None
+            if token is not None and token.expires > time.monotonic():
+                hdrs["Authorization"] = f"Bearer {token.value}"
+                sent = token
+            elif self._basic:
+                hdrs["Authorization"] = self._basic
+
+        async def attempt() -> httpx.Response:
+            body = content() if callable(content) else content
+            request = self._http.build_request(method, url, headers=hdrs, content=body)
+            try:
+                return await self._http.send(request, stream=True, follow_redirects=False)
+            except httpx.TransportError as exc:
+                host = request.url.netloc.decode("ascii", "replace")
+                raise RegistryUnreachable(
+                    f"{what}: {method} to registry {host} failed: {type(exc).__name__}: {exc or 'no detail'}",
+                    url=url,
+                ) from exc
+
+        resp = await attempt()
+        if resp.status_code == 401 and authenticate:
+            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
+            body = await self._read_capped(resp, MAX_ERROR_BODY)
+            await resp.aclose()
+            bearer = bearer_challenge(challenges)
+            if bearer is not None:
+                key = (bearer.realm, bearer.service, bearer.scope)
+                if sent is not None and self._tokens.get(key) is sent:
+                    del self._tokens[key]  # refused: it expired early or was revoked
+                hdrs["Authorization"] = "Bearer " + await self._token(bearer, key)
+                self._repo_auth[auth_key] = key
+            elif (
+                any(ch.scheme == "basic" for ch in challenges)
+                and self._basic
+                and hdrs.get("Authorization") != self._basic
+            ):
+                hdrs["Authorization"] = self._basic
+            else:
+                refused = "credentials were refused" if "Authorization" in hdrs else "credentials are needed"
+                raise AuthError(f"{what}: {method} {url}: HTTP 401, {refused}{_detail(body)}", status=401, body=body)
+            resp = await attempt()
+            if resp.status_code == 401:
+                body = await self._read_capped(resp, MAX_ERROR_BODY)
+                await resp.aclose()
+                raise AuthError(
+                    f"{what}: {method} {url}: HTTP 401 after authenticating{_detail(body)}", status=401, body=body
+                )
+        try:
+            if resp.status_code not in ok:
+                await self._raise_for_status(resp, what)
+            await self._read_capped(resp, MAX_ERROR_BODY)
+        finally:
+            await resp.aclose()
+        return resp
 
 
 def _parse_content_range(value: str, url: str) -> tuple[int, int, int | None]:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable
 import trio
 
 from .. import modelfile
-from ..errors import IntegrityError, MissingBlob, NoAttribute, NotFound, OllamaFSError, ReadOnly
+from ..errors import IntegrityError, MissingBlob, NoAttribute, NotFound, NotSupported, OllamaFSError, ReadOnly
+from ..inference.sessions import session_of
 from ..gguf_meta import GGUFError, is_embedding_model, read_metadata
 from ..names import HOST, NAMESPACE, Digest, ModelName, is_valid_part
 from ..store import ModelRecord, Store
@@ -28,6 +29,7 @@ from ..store.describe import describe
 from . import layout
 
 if TYPE_CHECKING:
+    from ..inference.sessions import Generator
     from ..pulls import PullManager
 
 log = logging.getLogger(__name__)
@@ -134,11 +136,24 @@ class _Tree:
         return ns[1].get(key[2]) if ns else None
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request (from the FUSE request context)."""
+
+    uid: int = 0
+    pid: int = 0
+
+
 @dataclass(slots=True)
 class _Handle:
     node: Node
     fd: int = -1
     data: bytes | None = None
+    # generate: the prompt being written, and the exchange whose answer this handle reads
+    flags: int = 0
+    key: tuple = ()
+    prompt: bytearray | None = None
+    exchange: object | None = None
 
 
 @dataclass(slots=True)
@@ -155,6 +170,7 @@ class FileSystem:
         store: Store,
         *,
         pulls: PullManager | None = None,
+        generator: Generator | None = None,
         uid: int | None = None,
         gid: int | None = None,
         read_in_thread: bool = False,
@@ -163,6 +179,7 @@ class FileSystem:
     ) -> None:
         self.store = store
         self.pulls = pulls
+        self.generator = generator
         self.started_ns = time.time_ns()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -278,6 +295,9 @@ class FileSystem:
             return self._dir_attr(ino, record.mtime_ns, 0)
         if node.spec is not None and node.spec.kind == layout.STATUS:
             return Attr(ino, stat.S_IFREG | 0o444, 1, 0, time.time_ns(), self.uid, self.gid, 0.0, 0.0)
+        if node.spec is not None and node.spec.kind == layout.GENERATE:
+            assert node.record is not None
+            return Attr(ino, stat.S_IFREG | 0o666, 1, 0, node.record.mtime_ns, self.uid, self.gid, 0.0, 0.0)
         assert node.spec is not None and node.record is not None
         size = await self._file_size(node)
         timeout = BLOB_ATTR_TIMEOUT if node.spec.kind != layout.MANIFEST else 1.0
@@ -425,10 +445,12 @@ class FileSystem:
         self._handles[fh] = handle
         return fh
 
-    async def open(self, ino: int, flags: int) -> Opened:
+    async def open(self, ino: int, flags: int, caller: Caller = Caller()) -> Opened:
         node = self.node(ino)
         if node.kind != FILE:
             raise OllamaFSError(f"{self._path(node)} is a directory", err=errno.EISDIR)
+        if node.spec is not None and node.spec.kind == layout.GENERATE:
+            return await self._open_generate(node, flags, caller)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise ReadOnly(f"{self._path(node)} is read-only (layer files cannot be written)")
         spec, record = node.spec, node.record
@@ -463,6 +485,8 @@ class FileSystem:
         handle = self._handles.get(fh)
         if not isinstance(handle, _Handle):
             raise OllamaFSError(f"bad file handle {fh}", err=errno.EBADF)
+        if handle.node.spec is not None and handle.node.spec.kind == layout.GENERATE:
+            return await self._read_generate(handle, size)
         if handle.data is not None:
             return handle.data[offset : offset + size]
         if self.read_in_thread:
@@ -473,6 +497,58 @@ class FileSystem:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, _Handle) and handle.fd >= 0:
             os.close(handle.fd)
+        if isinstance(handle, _Handle) and handle.exchange is not None:
+            handle.exchange.cancel()  # a reader that leaves early stops its generation
+
+    # ---- generate --------------------------------------------------------------------
+    async def _open_generate(self, node: Node, flags: int, caller: Caller) -> Opened:
+        if self.generator is None:
+            raise NotSupported(f"{self._path(node)}: inference is not available (llama-cpp-python is not installed)")
+        record = await self._record(node)
+        key = (caller.uid, session_of(caller.pid), node.key[:3])
+        handle = _Handle(node, flags=flags, key=key)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            if "completion" not in await self.capabilities(record):
+                raise NotSupported(f"{record.name} is an embedding model (no completion capability); it cannot generate")
+            handle.prompt = bytearray()
+        else:
+            handle.exchange = self.generator.take(key)
+        return Opened(self._new_handle(handle), keep_cache=False, direct_io=True, nonseekable=True)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _Handle) or handle.prompt is None:
+            raise OllamaFSError("write to a handle not open for writing", err=errno.EBADF)
+        if handle.exchange is not None:
+            raise OllamaFSError("one prompt per handle: its answer is being read", err=errno.EINVAL)
+        handle.prompt += data
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) of a handle (or of a duplicate): submit a written prompt."""
+        handle = self._handles.get(fh)
+        if isinstance(handle, _Handle) and handle.prompt:
+            await self._submit(handle, board=not (handle.flags & os.O_RDWR))
+
+    async def _submit(self, handle: _Handle, *, board: bool) -> None:
+        assert self.generator is not None and handle.prompt is not None
+        record = await self._record(handle.node)
+        data, handle.prompt = bytes(handle.prompt), bytearray()
+        exchange = self.generator.submit(handle.key, record, data, board=board)
+        if not board:
+            handle.exchange = exchange
+
+    async def _read_generate(self, handle: _Handle, size: int) -> bytes:
+        if handle.exchange is None and handle.prompt and handle.flags & os.O_RDWR:
+            await self._submit(handle, board=False)
+        if handle.exchange is None:
+            return b""
+        return await handle.exchange.read(size)
+
+    def truncate_ok(self, ino: int) -> bool:
+        """``> generate`` truncates first: allowed (a no-op) on generate only."""
+        node = self._nodes.get(ino)
+        return node is not None and node.spec is not None and node.spec.kind == layout.GENERATE
 
     # ---- extended attributes -----------------------------------------------------------
     def _xattr_names(self, node: Node) -> list[str]:

@@ -11,8 +11,10 @@ BLOB = "blob"  # content is a blob's bytes, immutable for a given digest
 MODELFILE = "modelfile"  # rendered from the manifest and its small layers
 MANIFEST = "manifest"  # the manifest file's bytes
 STATUS = "status"  # the mount's running pulls (MOUNT/.pulls)
+GENERATE = "generate"  # write a prompt, read the answer
 
 MODELFILE_NAME = "Modelfile"
+GENERATE_NAME = "generate"
 CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.json"
 
@@ -45,6 +47,7 @@ STATUS_SPEC = FileSpec(STATUS_NAME, STATUS, Digest("0" * 64), 0)
 def model_files(manifest: mf.Manifest) -> list[FileSpec]:
     """The files of a model directory in manifest order.
 
+    ``config.json``, ``manifest.json``, ``Modelfile`` and ``generate`` are always there.
     The first layer of a kind gets the plain name (``license``); further ones are numbered
     ``license-1``, ``license-2``... (before the extension: ``adapter-1.gguf``).  Layers of kinds
     Ollama does not use (``embed``, foreign media types) are not shown.
@@ -63,4 +66,5 @@ def model_files(manifest: mf.Manifest) -> list[FileSpec]:
     files.append(FileSpec(CONFIG_NAME, BLOB, manifest.config.digest, manifest.config.size, manifest.config.media_type))
     files.append(FileSpec(MANIFEST_NAME, MANIFEST, manifest.digest, 0, manifest.media_type))
     files.append(FileSpec(MODELFILE_NAME, MODELFILE, manifest.digest, 0))
+    files.append(FileSpec(GENERATE_NAME, GENERATE, manifest.digest, 0))
     return files

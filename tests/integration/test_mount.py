@@ -43,7 +43,8 @@ def test_tree_mirrors_manifests(one_model, mount, tiny_gguf):
     assert os.listdir(m.path / "registry.ollama.ai") == ["library"]
     assert os.listdir(m.path / "registry.ollama.ai/library") == ["tiny:1b"]
     assert sorted(os.listdir(m.path / MODEL_DIR)) == sorted(
-        ["model.gguf", "template", "system", "params.json", "license", "license-1", "config.json", "manifest.json", "Modelfile"]
+        ["model.gguf", "template", "system", "params.json", "license", "license-1", "config.json", "manifest.json", "Modelfile",
+         "generate"]
     )
     out = run("ls", "-lR", str(m.path))
     assert out.returncode == 0, out.stderr

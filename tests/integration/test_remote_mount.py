@@ -58,7 +58,7 @@ def test_lookup_shows_a_remote_model_without_downloading(mount, fault_proxy, see
     m = mount(PULL_OPTIONS)
     d = model_dir(m, fault_proxy, seeded)
     names = sorted(os.listdir(d))
-    assert names == sorted(["model.gguf", "template", "params.json", "config.json", "manifest.json", "Modelfile"])
+    assert names == sorted(["model.gguf", "template", "params.json", "config.json", "manifest.json", "Modelfile", "generate"])
     assert os.stat(d / "model.gguf").st_size == SIZE
     assert (d / "manifest.json").read_bytes() == seeded.manifest
     assert fault_proxy.blob_requests() == []

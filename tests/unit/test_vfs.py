@@ -281,6 +281,7 @@ def test_model_dir_files_per_layer_kind(world) -> None:
         "config.json",
         "manifest.json",
         "Modelfile",
+        "generate",
     ]
 
 
@@ -291,12 +292,14 @@ def test_minimal_model_dirs_still_have_config_manifest_and_modelfile(world) -> N
         "config.json",
         "manifest.json",
         "Modelfile",
+        "generate",
     ]
     assert listdir(fs, lookup_path(fs, "registry.ollama.ai/library/nomodel:latest").ino) == [
         "system",
         "config.json",
         "manifest.json",
         "Modelfile",
+        "generate",
     ]
     # the legacy "prompt" media type is shown as the template
     assert listdir(fs, lookup_path(fs, "registry.ollama.ai/alice/coder:v1").ino) == [
@@ -305,6 +308,7 @@ def test_minimal_model_dirs_still_have_config_manifest_and_modelfile(world) -> N
         "config.json",
         "manifest.json",
         "Modelfile",
+        "generate",
     ]
 
 
@@ -338,6 +342,7 @@ def test_layout_numbering() -> None:
         "config.json",
         "manifest.json",
         "Modelfile",
+        "generate",
     ]
 
 
@@ -453,7 +458,7 @@ def test_readdir_of_a_model_with_a_missing_blob_still_lists_it(world) -> None:
     fh = run(fs.opendir, ino)
     entries = {e.name: e.attr for e in run(fs.readdir, fh, 0)}
     fs.releasedir(fh)
-    assert list(entries) == ["model.gguf", "system", "config.json", "manifest.json", "Modelfile"]
+    assert list(entries) == ["model.gguf", "system", "config.json", "manifest.json", "Modelfile", "generate"]
     assert entries["model.gguf"].size == len(b"absent weights")
     assert entries["system"].size == 3
 
