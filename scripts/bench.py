@@ -7,6 +7,11 @@
    filesystem (scripts/baseline_fs.py) reading the same file.      target: ratio <= 1.10
 2. Repeated (warm) read through the mount vs reading the blob directly.  target: ratio <= 1.50
 3. `ls -lR` of a store with N models (default 1000), cold and warm mount: seconds, reported.
+4. A cold `cp` of the big blob's model.gguf through the mount from a local docker-registry vs
+   `curl | tee FILE | openssl dgst -sha256` of the same bytes.  target: ratio <= 1.20;
+   the daemon's peak RSS during that pull.                          target: < 200 MB
+5. Generation on Gemma 3 270M through `generate` vs llama-cpp-python in-process, same options:
+   tokens/s ratio (target >= 0.95) and the added time to first token (target < 20 ms).
 
 Cold means the page cache is dropped before each read (/proc/sys/vm/drop_caches when root,
 else posix_fadvise(DONTNEED) on both files).
@@ -285,13 +290,104 @@ def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
     return report
 
 
+GEN_PROMPT = "Write a short story about a lighthouse keeper."
+GEN_OPTIONS = {"temperature": 0, "top_k": 1, "seed": 1, "num_predict": 128, "num_ctx": 1024}
+
+
+def _in_process_run(llm, prompt: str) -> tuple[float, float, int]:
+    """(seconds to first piece, tokens/s after it, tokens) of one in-process streamed completion."""
+    from llama_cpp import StoppingCriteriaList
+
+    calls = [0]
+
+    def count(_ids, _logits) -> bool:
+        calls[0] += 1
+        return False
+
+    t0 = time.perf_counter()
+    first = None
+    for chunk in llm.create_completion(prompt, stream=True, max_tokens=GEN_OPTIONS["num_predict"], temperature=0.0,
+                                       top_k=1, top_p=0.95, min_p=0.0, typical_p=1.0, repeat_penalty=1.1, seed=1,
+                                       stop=["<end_of_turn>"], stopping_criteria=StoppingCriteriaList([count])):
+        if first is None and chunk["choices"][0]["text"]:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    tokens = calls[0] - 1
+    return first - t0, (tokens - 1) / (end - first), tokens
+
+
+def _mount_run(path: Path) -> tuple[float, float, int]:
+    """The same through MOUNT/.../generate: first byte, tokens/s after it (client-side clock)."""
+    req = json.dumps({"prompt": GEN_PROMPT, "options": GEN_OPTIONS}).encode()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.write(fd, req)
+        t0 = time.perf_counter()
+        first = None
+        data = b""
+        while chunk := os.read(fd, 65536):
+            if first is None:
+                first = time.perf_counter()
+            data += chunk
+        end = time.perf_counter()
+    finally:
+        os.close(fd)
+    final = json.loads(data.splitlines()[-1])
+    tokens = final["eval_count"]
+    return first - t0, (tokens - 1) / (end - first), tokens
+
+
+def bench_generate(work: Path, runs: int) -> list[str]:
+    """Tokens/s and time to first token through generate vs llama-cpp-python in-process."""
+    from llama_cpp import Llama
+
+    from ollamafs.samples import GEMMA3_TEMPLATE, build_gemma_store
+    from ollamafs.template import Template
+
+    store = build_gemma_store(work / "gemma-store")
+    record = next(iter(store.list().values()))
+    blob = store.blob_path(record.manifest.layers[0].digest)
+    prompt = Template.parse(GEMMA3_TEMPLATE).render([{"role": "user", "content": GEN_PROMPT}])
+    import llama_cpp
+
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    llm = Llama(model_path=str(blob), n_ctx=1024, n_batch=512, last_n_tokens_size=64, n_gpu_layers=-1 if gpu else 0,
+                verbose=False)
+    inproc, through = [], []
+    with ollamafs_mount(store.root, work / "mnt-gen", work / "gen.log", "offline") as m:
+        gen = m.mountpoint / "registry.ollama.ai/library/gemma3:270m/generate"
+        _mount_run(gen)  # load the model in the daemon
+        _in_process_run(llm, prompt)  # and warm the in-process one
+        for r in range(runs):
+            for which in (("in", "mount") if r % 2 == 0 else ("mount", "in")):
+                if which == "in":
+                    inproc.append(_in_process_run(llm, prompt))
+                else:
+                    through.append(_mount_run(gen))
+    llm.close()
+    tps_in = statistics.median(x[1] for x in inproc)
+    tps_m = statistics.median(x[1] for x in through)
+    ttft_in = statistics.median(x[0] for x in inproc)
+    ttft_m = statistics.median(x[0] for x in through)
+    toks = {x[2] for x in inproc} | {x[2] for x in through}
+    ratio = tps_m / tps_in
+    added_ms = (ttft_m - ttft_in) * 1000
+    return [
+        f"generation on Gemma 3 270M, {sorted(toks)} tokens, {'GPU' if gpu else 'CPU'} build (median of {runs}):",
+        f"  in-process llama-cpp-python  {tps_in:7.1f} tok/s  first token {ttft_in * 1000:6.1f} ms",
+        f"  through generate             {tps_m:7.1f} tok/s  first token {ttft_m * 1000:6.1f} ms",
+        f"RATIO tokens/s generate/in-process = {ratio:.3f}  (target >= 0.95) {'PASS' if ratio >= 0.95 else 'MISS'}",
+        f"added time to first token = {added_ms:.1f} ms  (target < 20 ms) {'PASS' if added_ms < 20 else 'MISS'}",
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", type=int, default=1000)
     ap.add_argument("--dir", type=Path, default=Path(os.environ.get("OLLAMAFS_BENCH_DIR", "/var/tmp/ollamafs-bench")))
-    ap.add_argument("--only", choices=["reads", "listing", "pull"], default=None)
+    ap.add_argument("--only", choices=["reads", "listing", "pull", "generate"], default=None)
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     report: list[str] = []
@@ -301,6 +397,8 @@ def main() -> int:
         report += bench_listing(args.dir, args.models)
     if args.only in (None, "pull"):
         report += bench_pull(args.dir, args.size_mib, args.runs)
+    if args.only in (None, "generate"):
+        report += bench_generate(args.dir, max(args.runs, 5))
     print("\n".join(report))
     return 0
 

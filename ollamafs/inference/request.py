@@ -91,7 +91,9 @@ def parse_request(data: bytes) -> GenerateRequest:
     if fmt not in (None, "", "json"):
         raise RequestError(f"format {fmt!r} is not supported (only \"json\")")
     req.format = fmt or None
-    options = doc.get("options") or {}
+    options = doc.get("options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise RequestError("field options must be an object")
     req.options = options
