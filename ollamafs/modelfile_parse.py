@@ -343,11 +343,16 @@ def _same_float32(candidate: Decimal, x: float) -> bool:
 def _shortest_float32(x: float) -> float:
     """The float with the fewest digits that is the same float32, as Go writes float32 in JSON.
 
-    Of the shortest decimals that round back to ``x`` it takes the nearest, as Go's ``ftoa``.
+    Of the shortest decimals that round back to ``x`` it takes the nearest, and of two as near
+    the one whose last digit is even, as Go's ``ftoa`` (Ryu) does.
     """
     if x == 0:
         return x
     exact = Decimal(x)
+
+    def nearest_then_even(candidate: Decimal) -> tuple[Fraction, int]:
+        return abs(Fraction(candidate) - Fraction(exact)), candidate.as_tuple().digits[-1] % 2
+
     for precision in range(1, 10):
         candidates = {
             Context(prec=precision, rounding=rounding).plus(exact)
@@ -355,7 +360,7 @@ def _shortest_float32(x: float) -> float:
         }
         fits = [c for c in candidates if _same_float32(c, x)]
         if fits:
-            return float(min(fits, key=lambda c: (abs(Fraction(c) - Fraction(exact)), c)))
+            return float(min(fits, key=nearest_then_even))
     return x  # not reached: 9 significant digits always tell float32 values apart
 
 

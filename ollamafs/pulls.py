@@ -129,6 +129,9 @@ class PullManager:
         except OllamaFSError as exc:
             log.error("pull of blob %s of %s failed: %s", job.digest, job.name, exc)
             job.error = exc
+        except Exception as exc:  # a bug: fail this pull, keep the mount alive
+            log.exception("pull of blob %s of %s failed unexpectedly", job.digest, job.name)
+            job.error = OllamaFSError(f"pull of blob {job.digest} failed: {type(exc).__name__}: {exc}")
         finally:
             del self._jobs[job.digest]
             job.done.set()

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -77,6 +78,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 # It is a class attribute of httpcore's HTTP/1.1 connection, so this sets it for the process.
 BODY_READ_SIZE = 1 << 20
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, BODY_READ_SIZE)
+httpcore.HTTP11Connection.READ_NUM_BYTES = max(httpcore.HTTP11Connection.READ_NUM_BYTES, BODY_READ_SIZE)
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=15.0, read=60.0, write=60.0, pool=120.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=30.0)
@@ -178,6 +180,10 @@ class RegistryClient:
             follow_redirects=False,
             headers={"User-Agent": user_agent},
         )
+        self._sync_args = dict(limits=limits, trust_env=trust_env, headers={"User-Agent": user_agent})
+        self._sync: httpx.Client | None = None
+        self._sync_lock = threading.Lock()  # worker threads create it lazily, exactly once
+        self.threaded_bodies = transport is None  # a mocked transport keeps everything async
         self._tokens: dict[tuple[str, str, str], _Token] = {}
         self._token_locks: dict[tuple[str, str, str], trio.Lock] = {}
         self._repo_auth: dict[tuple[tuple[str, str, int | None], str], tuple[str, str, str]] = {}
@@ -186,6 +192,30 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        with self._sync_lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
+
+    def body_client(self, read_timeout: float) -> httpx.Client:
+        """The synchronous client that worker threads stream blob bodies with (see puller)."""
+        with self._sync_lock:
+            if self._sync is None:
+                timeout = httpx.Timeout(connect=15.0, read=read_timeout, write=60.0, pool=120.0)
+                self._sync = httpx.Client(timeout=timeout, follow_redirects=True, **self._sync_args)
+            return self._sync
+
+    def cached_auth(self, url: str, name: ModelName) -> str | None:
+        """The Authorization value a request to ``url`` for ``name`` would carry now, if any."""
+        own = httpx.URL(self.blob_url(name, Digest("0" * 64)))
+        target = httpx.URL(url)
+        if _origin(target) != _origin(own):
+            return None  # credentials only ever go to the registry's own origin
+        key = self._repo_auth.get((_origin(target), self.repository(name)))
+        token = self._tokens.get(key) if key else None
+        if token is not None and token.expires > time.monotonic():
+            return f"Bearer {token.value}"
+        return self._basic
 
     async def __aenter__(self) -> RegistryClient:
         return self

@@ -235,23 +235,23 @@ class BlobPusher:
         uploads = f"{self.client.base_url(name, scheme)}/v2/{repo}/blobs/uploads/"
         what = f"upload of blob {digest.short} to {repo}"
         source = mount_source(layer.from_)
-        resp = None
+        session: httpx.Response | None = None
         if source is not None and source.lower() != repo.lower():
             try:
-                resp = await self.client.send(
+                session = await self.client.send(
                     "POST", f"{uploads}?mount={digest}&from={source}", repo=repo, what=what, ok=(201, 202)
                 )
             except RegistryNotFound as exc:
                 log.debug("mounting %s from %s: %s; uploading it", digest.short, source, exc)
             else:
-                if resp.status_code == 201:
+                if session.status_code == 201:
                     log.debug("mounted blob %s into %s from %s", digest.short, repo, source)
                     report("mounted", layer.size)
                     return "mounted"
                 log.debug("registry did not mount %s from %s; uploading it", digest.short, source)
-        if resp is None:
-            resp = await self.client.send("POST", uploads, repo=repo, what=what, ok=(202,))
-        location = self._next_location(resp, uploads, name, scheme, what)
+        if session is None:
+            session = await self.client.send("POST", uploads, repo=repo, what=what, ok=(202,))
+        location = self._next_location(session, uploads, name, scheme, what)
         await self._upload(name, layer, location, scheme, report)
         report("done", layer.size)
         return "uploaded"
