@@ -60,6 +60,31 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--insecure", action="store_true", help="talk plain http to the registry")
     pl.add_argument("-v", "--verbose", action="store_true")
 
+    ls_ = sub.add_parser("list", aliases=["ls"], help="list the store's models as `ollama list` does")
+    ls_.add_argument("--store", type=Path, default=None)
+
+    rm = sub.add_parser("rm", help="delete models and the blobs nothing else uses")
+    rm.add_argument("names", nargs="+")
+    rm.add_argument("--store", type=Path, default=None)
+
+    cp = sub.add_parser("cp", help="copy a model (the manifest; blobs are shared)")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.add_argument("--store", type=Path, default=None)
+
+    mv = sub.add_parser("mv", help="rename a model (the manifest moves; no blob is copied)")
+    mv.add_argument("source")
+    mv.add_argument("destination")
+    mv.add_argument("--store", type=Path, default=None)
+
+    pr = sub.add_parser("prune", help="delete unreferenced blobs and leftover partial files")
+    pr.add_argument("--store", type=Path, default=None)
+
+    ps = sub.add_parser("push", help="push a model to its registry, with a progress bar")
+    ps.add_argument("name")
+    ps.add_argument("--store", type=Path, default=None)
+    ps.add_argument("--insecure", action="store_true", help="talk plain http to the registry")
+
     u = sub.add_parser("umount", aliases=["unmount"], help="unmount")
     u.add_argument("mountpoint", type=Path)
     u.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
@@ -73,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command == "pull":
             return _pull(args)
+        if args.command == "push":
+            return _push(args)
+        if args.command in ("list", "ls", "rm", "cp", "mv", "prune"):
+            return _store_command(args)
         if args.command in ("umount", "unmount"):
             from .mount import unmount
 
@@ -189,4 +218,89 @@ def _pull(args) -> int:
 
     trio.run(run)
     console.print(f"success: {name.short} is in {store.root}")
+    return 0
+
+
+def _store(args):
+    from .store import Store
+
+    return Store((args.store or default_store_path()).expanduser())
+
+
+def _store_command(args) -> int:
+    """list, rm, cp, mv, prune: the same code the filesystem uses (store/ops.py)."""
+    from .names import ModelName
+    from .store import ops
+
+    _setup_logging(False, False)
+    store = _store(args)
+    if args.command in ("list", "ls"):
+        rows = [("NAME", "ID", "SIZE", "MODIFIED")]
+        for name, rec in sorted(store.list().items(), key=lambda kv: -kv[1].mtime_ns):
+            rows.append((name.short, rec.manifest.digest.short, _human(rec.manifest.total_size),
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.mtime_ns / 1e9))))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("    ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        return 0
+    if args.command == "rm":
+        for raw in args.names:
+            name = ModelName.parse(raw)
+            ops.delete_model(store, name)
+            print(f"deleted '{raw}'")
+        return 0
+    if args.command in ("cp", "mv"):
+        src, dst = ModelName.parse(args.source), ModelName.parse(args.destination)
+        if args.command == "cp":
+            ops.copy_model(store, src, dst)
+            print(f"copied '{args.source}' to '{args.destination}'")
+        else:
+            ops.rename_model(store, src, dst)
+            print(f"renamed '{args.source}' to '{args.destination}'")
+        return 0
+    removed = ops.prune(store)
+    print(f"pruned {len(removed)} file(s)")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _push(args) -> int:
+    """``ollama push`` with a progress bar: layers the registry lacks, then the manifest."""
+    import trio
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from .mount import registry_client
+    from .names import parse_with_scheme
+    from .registry.pusher import push_model
+
+    _setup_logging(False, False)
+    name, scheme = parse_with_scheme(args.name)
+    store = _store(args)
+    console = Console(stderr=True)
+
+    async def run():
+        client = registry_client(insecure=args.insecure)
+        async with client:
+            client.scheme_for(name, scheme)
+            columns = (TextColumn("pushing {task.description}"), BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task(name.short, total=None)
+
+                def report(p) -> None:
+                    what = f"{name.short} {p.digest.short if p.digest else 'manifest'} ({p.state})"
+                    progress.update(task, description=what, completed=p.completed, total=p.total or None)
+
+                return await push_model(client, store, name, scheme=scheme, progress=report)
+
+    digest = trio.run(run)
+    console.print(f"success: pushed {name.short} ({digest})")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,7 +20,15 @@ def _stale_test_mounts() -> list[str]:
             mountpoint, fstype = fields[4], fields[sep + 1]
             if fstype.startswith("fuse.ollamafs") and mountpoint.startswith(str(root)):
                 out.append(mountpoint.replace("\\040", " "))
-    return out
+    return [m for m in out if _dead(m)]  # another run's live mounts are left alone
+
+
+def _dead(mountpoint: str) -> bool:
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def pytest_configure(config) -> None:
