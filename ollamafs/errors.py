@@ -82,6 +82,13 @@ class PermissionDenied(OllamaFSError):
     level = logging.INFO
 
 
+class Refused(OllamaFSError):
+    """An operation the filesystem refuses by design (EPERM unless given), logged at INFO."""
+
+    errno = errno.EPERM
+    level = logging.INFO
+
+
 class NotSupported(OllamaFSError):
     errno = errno.EOPNOTSUPP
     level = logging.INFO

@@ -107,7 +107,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode, ctx):
-        return await self.fs.opendir(inode)
+        return await self.fs.opendir(inode, Caller(ctx.uid, ctx.pid))
 
     @_handler
     async def readdir(self, fh, start_id, token):
@@ -178,19 +178,21 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self.fs.refuse_write("mkdir", parent_inode, _name(name))
+        return _entry(await self.fs.mkdir(parent_inode, _name(name)))
 
     @_handler
     async def rmdir(self, parent_inode, name, ctx):
-        self.fs.refuse_write("rmdir", parent_inode, _name(name))
+        await self.fs.rmdir(parent_inode, _name(name))
 
     @_handler
     async def unlink(self, parent_inode, name, ctx):
-        self.fs.refuse_write("unlink", parent_inode, _name(name))
+        await self.fs.unlink(parent_inode, _name(name), Caller(ctx.uid, ctx.pid))
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self.fs.refuse_write("rename", parent_inode_old, _name(name_old))
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise OllamaFSError("rename: exchanging two models is not supported", err=errno.EINVAL)
+        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new))
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -37,6 +37,7 @@ class ModelExists(OllamaFSError):
     """The destination name of a copy or rename is taken (EEXIST)."""
 
     errno = errno.EEXIST
+    level = logging.INFO
     exit_code = 1
 
 

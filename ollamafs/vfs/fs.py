@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Callable
 import trio
 
 from .. import modelfile
-from ..errors import IntegrityError, MissingBlob, NoAttribute, NotFound, NotSupported, OllamaFSError, ReadOnly
+from ..errors import (
+    IntegrityError,
+    MissingBlob,
+    NoAttribute,
+    NotFound,
+    NotSupported,
+    OllamaFSError,
+    ReadOnly,
+    Refused,
+)
 from ..inference.sessions import session_of
 from ..gguf_meta import GGUFError, is_embedding_model, read_metadata
 from ..names import HOST, NAMESPACE, Digest, ModelName, is_valid_part
@@ -45,6 +54,7 @@ FILE_ENTRY_TIMEOUT = 0.0
 BLOB_ATTR_TIMEOUT = 300.0
 XATTR_PREFIX = "user.ollama."
 MISS_MAX_AGE = 0.0
+UNLINK_GRACE = 10.0  # seconds unlinked files of a model stay hidden waiting for its rmdir
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,7 @@ class _Handle:
 class _DirHandle:
     node: Node
     entries: list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]
+    pid: int = 0
 
 
 class FileSystem:
@@ -194,6 +205,8 @@ class FileSystem:
         self._tree: _Tree | None = None
         self._tree_src: object = None
         self._rendered: OrderedDict[tuple, bytes] = OrderedDict()
+        self._made: dict[tuple, str] = {}  # host/namespace dirs made by mkdir, until used
+        self._unlinked: dict[tuple, list] = {}  # model key -> [when, names rm -r unlinked]
         self._gguf: OrderedDict[Digest, dict] = OrderedDict()
         root = Node(ROOT_INO, DIR, (), "", ROOT_INO, nlookup=1)
         self._nodes[ROOT_INO] = root
@@ -327,12 +340,18 @@ class FileSystem:
     ) -> list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]:
         if node.kind == DIR:
             tree = await self.tree(max_age)
-            return [(name, key, rec, None) for name, key, rec in tree.children(node.key)]
+            out = [(name, key, rec, None) for name, key, rec in tree.children(node.key)]
+            have = {key for _, key, _, _ in out}
+            out += [(name, key, None, None) for key, name in self._made.items()
+                    if key[:-1] == node.key and key not in have]
+            return sorted(out, key=lambda e: e[0])
         if node.kind == MODEL_DIR:
             record = await self._record(node)
+            hidden = self._unlinked_in(node.key)
             return [
                 (spec.name, (*node.key, spec.name.lower(), spec.digest.hex), record, spec)
                 for spec in layout.model_files(record.manifest)
+                if spec.name not in hidden
             ]
         raise OllamaFSError(f"{node.name} is not a directory", err=errno.ENOTDIR)
 
@@ -407,10 +426,10 @@ class FileSystem:
         if node is not None:
             node.nlookup += 1
 
-    async def opendir(self, ino: int) -> int:
+    async def opendir(self, ino: int, caller: Caller = Caller()) -> int:
         node = self.node(ino)
         entries = await self._children(node)
-        return self._new_handle(_DirHandle(node, entries))
+        return self._new_handle(_DirHandle(node, entries, caller.pid))
 
     async def readdir(self, fh: int, start: int) -> list[DirEntry]:
         """Entries of the listing snapshotted at opendir, from cookie ``start`` on."""
@@ -499,6 +518,112 @@ class FileSystem:
             os.close(handle.fd)
         if isinstance(handle, _Handle) and handle.exchange is not None:
             handle.exchange.cancel()  # a reader that leaves early stops its generation
+
+    # ---- rm -r and mv of models (docs/SEMANTICS.md §Deleting and renaming) -----------
+    def _unlinked_in(self, key: tuple) -> set[str]:
+        entry = self._unlinked.get(key)
+        if entry is None:
+            return set()
+        if time.monotonic() - entry[0] > UNLINK_GRACE:
+            del self._unlinked[key]  # no rmdir followed: the files were never really gone
+            log.info("model %s was not removed after its files were; they are listed again", "/".join(key))
+            return set()
+        return entry[1]
+
+    async def unlink(self, parent_ino: int, name: str, caller: Caller) -> None:
+        """A file of a model may be unlinked only as part of removing the whole model."""
+        parent = self.node(parent_ino)
+        where = f"{self._path(parent)}/{name}"
+        if parent.kind != MODEL_DIR:
+            raise ReadOnly(f"unlink {where}: only model directories can be removed (rm -r)")
+        children = {child[0] for child in await self._children(parent)}
+        if name not in children:
+            raise NotFound(f"{where} not found")
+        if not any(isinstance(h, _DirHandle) and h.node is parent and h.pid == caller.pid for h in self._handles.values()):
+            raise Refused(
+                f"unlink {where}: a layer cannot be removed alone; remove the model with rm -r", err=errno.EPERM
+            )
+        entry = self._unlinked.setdefault(parent.key, [time.monotonic(), set()])
+        entry[0] = time.monotonic()
+        entry[1].add(name)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        """Remove a model (its files unlinked first, as rm -r does) or an empty directory."""
+        from ..store import ops
+
+        parent = self.node(parent_ino)
+        folded = name.lower()
+        match = [c for c in await self._children(parent) if c[0].lower() == folded]
+        if not match:
+            raise NotFound(f"{self._path(parent)}/{name} not found")
+        child_name, key, record, spec = match[0]
+        if spec is not None:
+            raise Refused(f"{self._path(parent)}/{name} is not a directory", err=errno.ENOTDIR)
+        if record is None:  # a host or namespace directory
+            node = self._child_node(parent, child_name, key, None, None)
+            if await self._children(node):
+                raise Refused(f"{self._path(parent)}/{name} is not empty", err=errno.ENOTEMPTY)
+            self._made.pop(key, None)
+            return
+        node = self._child_node(parent, child_name, key, record, None)
+        left = await self._children(node)
+        if left:
+            raise Refused(f"{self._path(node)} is not empty ({len(left)} files left)", err=errno.ENOTEMPTY)
+        if record.remote is not None:
+            raise NotFound(f"{record.name} is not in the store")
+        await self._run(ops.delete_model, self.store, record.name, self._in_use())
+        self._unlinked.pop(key, None)
+        self._tree_src = None
+        log.info("removed model %s", record.name)
+
+    def _in_use(self) -> set[Digest]:
+        used = {h.node.spec.digest for h in self._handles.values()
+                if isinstance(h, _Handle) and h.fd >= 0 and h.node.spec is not None}
+        return used | (self.pulls.in_use() if self.pulls is not None else set())
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attr:
+        """mkdir of a host or a namespace: an empty directory (kept in memory) to move models into."""
+        parent = self.node(parent_ino)
+        depth = len(parent.key)
+        if parent.kind != DIR or depth > 2:
+            raise Refused(f"mkdir {self._path(parent)}/{name}: no directories inside a model")
+        if depth == 2:
+            raise ReadOnly(f"mkdir {self._path(parent)}/{name}: creating models is not supported yet")
+        kind = HOST if depth == 0 else NAMESPACE
+        if not is_valid_part(kind, name):
+            raise Refused(f"mkdir {self._path(parent)}/{name}: not a valid {kind} name", err=errno.EINVAL)
+        key = (*parent.key, name.lower())
+        if any(c[1] == key for c in await self._children(parent)):
+            raise Refused(f"mkdir {self._path(parent)}/{name}: exists", err=errno.EEXIST)
+        self._made[key] = name
+        node = self._intern(key, kind=DIR, name=name, parent=parent.ino)
+        node.nlookup += 1
+        return await self.getattr(node.ino)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        """mv of a model directory into a namespace directory: the manifest moves."""
+        from ..store import ops
+
+        src_parent, dst_parent = self.node(old_parent), self.node(new_parent)
+        where = f"{self._path(src_parent)}/{old_name}"
+        match = [c for c in await self._children(src_parent) if c[0].lower() == old_name.lower()]
+        if not match:
+            raise NotFound(f"{where} not found")
+        _, _, record, spec = match[0]
+        if spec is not None or record is None:
+            raise Refused(f"rename {where}: only model directories can be renamed", err=errno.EPERM)
+        if dst_parent.kind != DIR or len(dst_parent.key) != 2:
+            raise Refused(f"rename {where}: the destination must be a namespace directory", err=errno.EPERM)
+        model, sep, tag = new_name.rpartition(":")
+        if not sep:
+            raise Refused(f"rename {where}: {new_name!r} is not model:tag", err=errno.EINVAL)
+        host = self.node(dst_parent.parent).name
+        dst = ModelName(host, dst_parent.name, model, tag)  # InvalidName: EINVAL
+        if record.remote is not None:
+            raise NotFound(f"{record.name} is not in the store")
+        await self._run(ops.rename_model, self.store, record.name, dst)
+        self._tree_src = None
+        log.info("renamed model %s to %s", record.name, dst)
 
     # ---- generate --------------------------------------------------------------------
     async def _open_generate(self, node: Node, flags: int, caller: Caller) -> Opened:
