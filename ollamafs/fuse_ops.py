@@ -16,7 +16,9 @@ import os
 import pyfuse3
 
 from .errors import OllamaFSError
-from .vfs.fs import Attr, Caller, FileSystem
+from .vfs.fs import XATTR_PREFIX, Attr, Caller, FileSystem
+
+XATTR_PREFIX_B = XATTR_PREFIX.encode()
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +146,15 @@ class Operations(pyfuse3.Operations):
         self.fs.node(inode)
         return True
 
-    @_handler
     async def getxattr(self, inode, name, ctx):
+        # ls -l asks every file for security.selinux and system.posix_acl_access: answer those
+        # at once, without the error machinery (a tenth of the requests of an ls -lR).
+        if not name.startswith(XATTR_PREFIX_B):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return await self._getxattr(inode, name)
+
+    @_handler
+    async def _getxattr(self, inode, name):
         return await self.fs.getxattr(inode, _name(name))
 
     @_handler
