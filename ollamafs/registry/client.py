@@ -211,11 +211,9 @@ class RegistryClient:
         target = httpx.URL(url)
         if _origin(target) != _origin(own):
             return None  # credentials only ever go to the registry's own origin
-        key = self._repo_auth.get((_origin(target), self.repository(name)))
-        token = self._tokens.get(key) if key else None
-        if token is not None and token.expires > time.monotonic():
-            return f"Bearer {token.value}"
-        return self._basic
+        hdrs: dict[str, str] = {}
+        self._credentials((_origin(target), self.repository(name)), hdrs)
+        return hdrs.get("Authorization")
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -429,21 +427,36 @@ class RegistryClient:
         The returned response may have any status; with ``stream=True`` the caller closes it.
         """
         hdrs = dict(headers or {})
-        parsed = httpx.URL(url)
-        auth_key = (_origin(parsed), repo)
-        sent: _Token | None = None
-        if authenticate:
-            key = self._repo_auth.get(auth_key)
-            token = self._tokens.get(key) if key else None
-            if token is not None and token.expires > time.monotonic():
-                hdrs["Authorization"] = f"Bearer {token.value}"
-                sent = token
-            elif self._basic:
-                hdrs["Authorization"] = self._basic
+        auth_key = (_origin(httpx.URL(url)), repo)
+        sent = self._credentials(auth_key, hdrs) if authenticate else None
         resp = await self._do(method, url, hdrs, stream=stream, follow=follow)
         if resp.status_code != 401 or not authenticate:
             return resp
+        await self._answer_challenge(resp, hdrs, sent, auth_key, f"{method} {url}")
+        resp = await self._do(method, url, hdrs, stream=stream, follow=follow)
+        if resp.status_code == 401:
+            body = await self._read_capped(resp, MAX_ERROR_BODY)
+            await resp.aclose()
+            raise AuthError(f"{method} {url}: HTTP 401 after authenticating{_detail(body)}", status=401, body=body)
+        return resp
 
+    def _credentials(self, auth_key, hdrs: dict[str, str]) -> _Token | None:
+        """Put the Authorization a request would carry now into ``hdrs`` (a cached Bearer token
+        for the repository, else Basic); return the token sent, if any."""
+        key = self._repo_auth.get(auth_key)
+        token = self._tokens.get(key) if key else None
+        if token is not None and token.expires > time.monotonic():
+            hdrs["Authorization"] = f"Bearer {token.value}"
+            return token
+        if self._basic:
+            hdrs["Authorization"] = self._basic
+        return None
+
+    async def _answer_challenge(
+        self, resp: httpx.Response, hdrs: dict[str, str], sent: _Token | None, auth_key, what: str
+    ) -> None:
+        """Answer a 401's challenge by updating ``hdrs`` (a fresh Bearer token, or Basic), or
+        raise AuthError when there is nothing more to offer.  Closes ``resp``."""
         challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
         body = await self._read_capped(resp, MAX_ERROR_BODY)
         await resp.aclose()
@@ -454,23 +467,11 @@ class RegistryClient:
                 del self._tokens[key]  # refused: it expired early or was revoked
             hdrs["Authorization"] = "Bearer " + await self._token(bearer, key)
             self._repo_auth[auth_key] = key
-        elif (
-            any(ch.scheme == "basic" for ch in challenges)
-            and self._basic
-            and hdrs.get("Authorization") != self._basic
-        ):
+        elif any(ch.scheme == "basic" for ch in challenges) and self._basic and hdrs.get("Authorization") != self._basic:
             hdrs["Authorization"] = self._basic
         else:
-            what = "credentials were refused" if "Authorization" in hdrs else "credentials are needed"
-            raise AuthError(
-                f"{method} {url}: HTTP 401, {what}{_detail(body)}", status=401, body=body
-            )
-        resp = await self._do(method, url, hdrs, stream=stream, follow=follow)
-        if resp.status_code == 401:
-            body = await self._read_capped(resp, MAX_ERROR_BODY)
-            await resp.aclose()
-            raise AuthError(f"{method} {url}: HTTP 401 after authenticating{_detail(body)}", status=401, body=body)
-        return resp
+            refused = "credentials were refused" if "Authorization" in hdrs else "credentials are needed"
+            raise AuthError(f"{what}: HTTP 401, {refused}{_detail(body)}", status=401, body=body)
 
     async def _do(
         self, method: str, url: str, headers: dict[str, str], *, stream: bool, follow: bool
@@ -609,15 +610,7 @@ class RegistryClient:
         """
         hdrs = dict(headers or {})
         auth_key = (_origin(httpx.URL(url)), repo)
-        sent: _Token | None = None
-        if authenticate:
-            key = self._repo_auth.get(auth_key)
-            token = self._tokens.get(key) if key else None
-            if token is not None and token.expires > time.monotonic():
-                hdrs["Authorization"] = f"Bearer {token.value}"
-                sent = token
-            elif self._basic:
-                hdrs["Authorization"] = self._basic
+        sent = self._credentials(auth_key, hdrs) if authenticate else None
 
         async def attempt() -> httpx.Response:
             body = content() if callable(content) else content
@@ -633,25 +626,7 @@ class RegistryClient:
 
         resp = await attempt()
         if resp.status_code == 401 and authenticate:
-            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
-            body = await self._read_capped(resp, MAX_ERROR_BODY)
-            await resp.aclose()
-            bearer = bearer_challenge(challenges)
-            if bearer is not None:
-                key = (bearer.realm, bearer.service, bearer.scope)
-                if sent is not None and self._tokens.get(key) is sent:
-                    del self._tokens[key]  # refused: it expired early or was revoked
-                hdrs["Authorization"] = "Bearer " + await self._token(bearer, key)
-                self._repo_auth[auth_key] = key
-            elif (
-                any(ch.scheme == "basic" for ch in challenges)
-                and self._basic
-                and hdrs.get("Authorization") != self._basic
-            ):
-                hdrs["Authorization"] = self._basic
-            else:
-                refused = "credentials were refused" if "Authorization" in hdrs else "credentials are needed"
-                raise AuthError(f"{what}: {method} {url}: HTTP 401, {refused}{_detail(body)}", status=401, body=body)
+            await self._answer_challenge(resp, hdrs, sent, auth_key, f"{what}: {method} {url}")
             resp = await attempt()
             if resp.status_code == 401:
                 body = await self._read_capped(resp, MAX_ERROR_BODY)
