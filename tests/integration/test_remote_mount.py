@@ -277,3 +277,27 @@ def test_remote_capabilities_from_a_ranged_header_read(mount, fault_proxy, regis
     assert f"sha256-{hexd}" not in local_blobs(store.root)  # the model itself was not pulled
     ranged = [r.range for r in fault_proxy.blob_requests() if hexd in r.path]
     assert ranged and all(r and r.startswith("bytes=0-") for r in ranged)
+
+
+@pytest.mark.llama
+def test_generate_pulls_a_remote_model_first(mount, fault_proxy, registry_server, tmp_path, store):
+    """§generate: a model not yet local is pulled (and committed) before it answers."""
+    from tests.tiny_llama import write_tiny_llama
+
+    gguf = write_tiny_llama(tmp_path / "t.gguf").read_bytes()
+    repo = f"library/gen{os.getpid()}"
+    seeded = seed_model(registry_server.url, repo, "latest", model=gguf,
+                        extra_layers=[("application/vnd.ollama.image.params", b'{"num_predict": 4, "temperature": 0}')])
+    m = mount(PULL_OPTIONS)
+    g = model_dir(m, fault_proxy, seeded) / "generate"
+    fd = os.open(g, os.O_RDWR)
+    try:
+        os.write(fd, b"sky\n")
+        out = b""
+        while chunk := os.read(fd, 4096):
+            out += chunk
+    finally:
+        os.close(fd)
+    assert out.strip()
+    assert (store.root / "manifests" / fault_proxy.host / repo / "latest").exists()
+    assert f"sha256-{seeded.model_digest.split(':')[1]}" in local_blobs(store.root)
