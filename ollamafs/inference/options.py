@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import random
 from dataclasses import dataclass
 
 from ..errors import OllamaFSError
@@ -153,7 +154,9 @@ def to_llama(options: dict[str, object], *, gpu_offload: bool) -> Mapped:
             load[arg] = options[name]
     sample: dict = {arg: options[name] for name, arg in _SAMPLE_NAMES.items() if name in options}
     seed = options["seed"]
-    sample["seed"] = None if seed == -1 else seed
+    # Ollama: -1 is a fresh random seed per request (llama-cpp-python's None reuses the
+    # context's fixed seed, so every answer would come out the same).
+    sample["seed"] = random.getrandbits(31) if seed == -1 else seed
     predict = options["num_predict"]
     # Ollama: -1 generates until the context is full or a stop; -2 fills the context.
     sample["max_tokens"] = None if predict in (-1, -2) else predict

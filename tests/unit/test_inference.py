@@ -47,7 +47,9 @@ def test_to_llama_maps_every_sampling_option():
 def test_gpu_offload_and_defaults():
     mapped = to_llama(merge(), gpu_offload=True)
     assert mapped.load["n_gpu_layers"] == -1
-    assert mapped.sample["seed"] is None and mapped.sample["max_tokens"] is None
+    assert isinstance(mapped.sample["seed"], int) and mapped.sample["max_tokens"] is None
+    seeds = {to_llama(merge(), gpu_offload=False).sample["seed"] for _ in range(5)}
+    assert len(seeds) > 1  # seed -1: a fresh random seed each request, as Ollama
     assert to_llama(merge({"num_gpu": 3}), gpu_offload=True).load["n_gpu_layers"] == 3
 
 
