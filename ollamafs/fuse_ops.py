@@ -205,7 +205,11 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self.fs.refuse_write("create", parent_inode, _name(name))
+        opened, attr = await self.fs.create(parent_inode, _name(name), flags, Caller(ctx.uid, ctx.pid))
+        info = pyfuse3.FileInfo(fh=opened.fh)
+        info.keep_cache = opened.keep_cache
+        info.direct_io = opened.direct_io
+        return info, _entry(attr)
 
     @_handler
     async def mknod(self, parent_inode, name, mode, rdev, ctx):

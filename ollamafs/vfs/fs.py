@@ -8,6 +8,7 @@ worker threads behind one limiter.  What each operation does is written in docs/
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -21,6 +22,7 @@ import trio
 from .. import modelfile
 from ..errors import (
     IntegrityError,
+    InvalidName,
     MissingBlob,
     NoAttribute,
     NotFound,
@@ -164,6 +166,10 @@ class _Handle:
     key: tuple = ()
     prompt: bytearray | None = None
     exchange: object | None = None
+    # a Modelfile being written: its text, and whether it changed since the last flush
+    draft: bytearray | None = None
+    dirty: bool = False
+    pid: int = 0
 
 
 @dataclass(slots=True)
@@ -205,7 +211,8 @@ class FileSystem:
         self._tree: _Tree | None = None
         self._tree_src: object = None
         self._rendered: OrderedDict[tuple, bytes] = OrderedDict()
-        self._made: dict[tuple, str] = {}  # host/namespace dirs made by mkdir, until used
+        self._made: dict[tuple, str] = {}
+        self._staged: dict[tuple, ModelName] = {}  # model dirs made by mkdir, until their Modelfile  # host/namespace dirs made by mkdir, until used
         self._unlinked: dict[tuple, list] = {}  # model key -> [when, names rm -r unlinked]
         self._gguf: OrderedDict[Digest, dict] = OrderedDict()
         root = Node(ROOT_INO, DIR, (), "", ROOT_INO, nlookup=1)
@@ -302,20 +309,25 @@ class FileSystem:
             try:
                 record = await self._record(node)
             except NotFound:
+                if node.key in self._staged:
+                    return self._dir_attr(ino, self.started_ns, 0, writable=True)
                 if record is None:
                     raise
             assert record is not None
             return self._dir_attr(ino, record.mtime_ns, 0)
         if node.spec is not None and node.spec.kind == layout.STATUS:
             return Attr(ino, stat.S_IFREG | 0o444, 1, 0, time.time_ns(), self.uid, self.gid, 0.0, 0.0)
+        if node.spec is not None and node.spec.kind == layout.DRAFT:
+            return Attr(ino, stat.S_IFREG | 0o644, 1, 0, time.time_ns(), self.uid, self.gid, 0.0, 0.0)
         if node.spec is not None and node.spec.kind == layout.GENERATE:
             assert node.record is not None
             return Attr(ino, stat.S_IFREG | 0o666, 1, 0, node.record.mtime_ns, self.uid, self.gid, 0.0, 0.0)
         assert node.spec is not None and node.record is not None
         size = await self._file_size(node)
         timeout = BLOB_ATTR_TIMEOUT if node.spec.kind != layout.MANIFEST else 1.0
+        perm = 0o644 if node.spec.kind == layout.MODELFILE else 0o444  # a Modelfile can be rewritten
         return Attr(
-            ino, stat.S_IFREG | 0o444, 1, size, node.record.mtime_ns, self.uid, self.gid, FILE_ENTRY_TIMEOUT, timeout
+            ino, stat.S_IFREG | perm, 1, size, node.record.mtime_ns, self.uid, self.gid, FILE_ENTRY_TIMEOUT, timeout
         )
 
     async def render_modelfile(self, record: ModelRecord) -> bytes:
@@ -344,8 +356,16 @@ class FileSystem:
             have = {key for _, key, _, _ in out}
             out += [(name, key, None, None) for key, name in self._made.items()
                     if key[:-1] == node.key and key not in have]
+            out += [(name.dirname, key, None, None) for key, name in self._staged.items()
+                    if key[:-1] == node.key and key not in have]
             return sorted(out, key=lambda e: e[0])
         if node.kind == MODEL_DIR:
+            if node.key in self._staged and node.record is None:
+                try:
+                    await self._record(node)
+                except NotFound:
+                    return []  # made by mkdir; no Modelfile written yet
+                self._staged.pop(node.key, None)
             record = await self._record(node)
             hidden = self._unlinked_in(node.key)
             return [
@@ -356,6 +376,8 @@ class FileSystem:
         raise OllamaFSError(f"{node.name} is not a directory", err=errno.ENOTDIR)
 
     def _child_node(self, parent: Node, name: str, key: tuple, record: ModelRecord | None, spec) -> Node:
+        if spec is None and record is None and key in self._staged:
+            return self._intern(key, kind=MODEL_DIR, name=name, parent=parent.ino, model=self._staged[key])
         if spec is not None:
             return self._intern(key, kind=FILE, name=name, parent=parent.ino, model=parent.model, spec=spec, record=record)
         if record is not None:
@@ -470,6 +492,8 @@ class FileSystem:
             raise OllamaFSError(f"{self._path(node)} is a directory", err=errno.EISDIR)
         if node.spec is not None and node.spec.kind == layout.GENERATE:
             return await self._open_generate(node, flags, caller)
+        if node.spec is not None and node.spec.kind in (layout.MODELFILE, layout.DRAFT) and flags & (os.O_WRONLY | os.O_RDWR):
+            return await self._open_draft(node, flags, caller)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise ReadOnly(f"{self._path(node)} is read-only (layer files cannot be written)")
         spec, record = node.spec, node.record
@@ -588,7 +612,20 @@ class FileSystem:
         if parent.kind != DIR or depth > 2:
             raise Refused(f"mkdir {self._path(parent)}/{name}: no directories inside a model")
         if depth == 2:
-            raise ReadOnly(f"mkdir {self._path(parent)}/{name}: creating models is not supported yet")
+            model, sep, tag = name.rpartition(":")
+            try:
+                if not sep:
+                    raise InvalidName(f"{name!r} is not model:tag")
+                wanted = ModelName(self.node(parent.parent).name, parent.name, model, tag)
+            except InvalidName as exc:
+                raise Refused(f"mkdir {self._path(parent)}/{name}: {exc}", err=errno.EINVAL) from None
+            key = (*parent.key, name.lower())
+            if any(c[1] == key for c in await self._children(parent)):
+                raise Refused(f"mkdir {self._path(parent)}/{name}: exists", err=errno.EEXIST)
+            self._staged[key] = wanted
+            node = self._child_node(parent, name, key, None, None)
+            node.nlookup += 1
+            return await self.getattr(node.ino)
         kind = HOST if depth == 0 else NAMESPACE
         if not is_valid_part(kind, name):
             raise Refused(f"mkdir {self._path(parent)}/{name}: not a valid {kind} name", err=errno.EINVAL)
@@ -642,6 +679,12 @@ class FileSystem:
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handles.get(fh)
+        if isinstance(handle, _Handle) and handle.draft is not None:
+            if offset > len(handle.draft):
+                handle.draft += b"\0" * (offset - len(handle.draft))
+            handle.draft[offset : offset + len(data)] = data
+            handle.dirty = True
+            return len(data)
         if not isinstance(handle, _Handle) or handle.prompt is None:
             raise OllamaFSError("write to a handle not open for writing", err=errno.EBADF)
         if handle.exchange is not None:
@@ -650,8 +693,12 @@ class FileSystem:
         return len(data)
 
     async def flush(self, fh: int) -> None:
-        """close(2) of a handle (or of a duplicate): submit a written prompt."""
+        """close(2) of a handle (or of a duplicate): submit a written prompt, or apply a
+        written Modelfile."""
         handle = self._handles.get(fh)
+        if isinstance(handle, _Handle) and handle.draft is not None and handle.dirty:
+            await self._apply_draft(handle)
+            return
         if isinstance(handle, _Handle) and handle.prompt:
             await self._submit(handle, board=not (handle.flags & os.O_RDWR))
 
@@ -671,9 +718,53 @@ class FileSystem:
         return await handle.exchange.read(size)
 
     def truncate_ok(self, ino: int) -> bool:
-        """``> generate`` truncates first: allowed (a no-op) on generate only."""
+        """``> generate`` and ``> Modelfile`` truncate first: allowed (the write decides)."""
         node = self._nodes.get(ino)
-        return node is not None and node.spec is not None and node.spec.kind == layout.GENERATE
+        return node is not None and node.spec is not None and node.spec.kind in (
+            layout.GENERATE, layout.MODELFILE, layout.DRAFT)
+
+    # ---- creating and editing models with a Modelfile ----------------------------------
+    def _model_dir_of(self, node: Node) -> Node:
+        parent = self._nodes.get(node.parent)
+        if parent is None or parent.kind != MODEL_DIR:
+            raise Refused(f"{self._path(node)}: not in a model directory")
+        return parent
+
+    async def _open_draft(self, node: Node, flags: int, caller: Caller) -> Opened:
+        """A Modelfile opened for writing: its text replaces (or, with O_APPEND, extends) the
+        model's; applied when the handle is closed."""
+        handle = _Handle(node, flags=flags, draft=bytearray(), pid=caller.pid)
+        if node.spec is not None and node.spec.kind == layout.MODELFILE and not flags & os.O_TRUNC:
+            assert node.record is not None
+            handle.draft += await self.render_modelfile(node.record)
+        return Opened(self._new_handle(handle), keep_cache=False, direct_io=True)
+
+    async def create(self, parent_ino: int, name: str, flags: int, caller: Caller) -> tuple[Opened, Attr]:
+        """Only a Modelfile can be created, in a model directory (new or existing)."""
+        parent = self.node(parent_ino)
+        if parent.kind != MODEL_DIR:
+            raise ReadOnly(f"create {self._path(parent)}/{name}: files can only be made in a model directory")
+        if name != layout.MODELFILE_NAME:
+            raise ReadOnly(f"create {self._path(parent)}/{name}: only a Modelfile can be written into a model "
+                           f"directory (layer files and cp -r are not supported yet)")
+        node = self._intern((*parent.key, "modelfile", "draft"), kind=FILE, name=name, parent=parent.ino,
+                            model=parent.model, spec=layout.DRAFT_SPEC)
+        node.nlookup += 1
+        opened = await self._open_draft(node, flags | os.O_TRUNC, caller)
+        return opened, await self.getattr(node.ino)
+
+    async def _apply_draft(self, handle: _Handle) -> None:
+        from ..store.create import caller_cwd, create_from_modelfile
+
+        model_dir = self._model_dir_of(handle.node)
+        assert model_dir.model is not None and handle.draft is not None
+        text = handle.draft.decode("utf-8", errors="replace")
+        handle.dirty = False
+        create = functools.partial(create_from_modelfile, cwd=caller_cwd(handle.pid))
+        await self._run(create, self.store, model_dir.model, text)
+        self._staged.pop(model_dir.key, None)
+        self._tree_src = None
+        self.store.invalidate()
 
     # ---- extended attributes -----------------------------------------------------------
     def _xattr_names(self, node: Node) -> list[str]:

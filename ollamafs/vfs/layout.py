@@ -12,6 +12,7 @@ MODELFILE = "modelfile"  # rendered from the manifest and its small layers
 MANIFEST = "manifest"  # the manifest file's bytes
 STATUS = "status"  # the mount's running pulls (MOUNT/.pulls)
 GENERATE = "generate"  # write a prompt, read the answer
+DRAFT = "draft"  # a Modelfile being written into a model directory that has no manifest yet
 
 MODELFILE_NAME = "Modelfile"
 GENERATE_NAME = "generate"
@@ -42,6 +43,7 @@ class FileSpec:
 
 STATUS_NAME = ".pulls"
 STATUS_SPEC = FileSpec(STATUS_NAME, STATUS, Digest("0" * 64), 0)
+DRAFT_SPEC = FileSpec(MODELFILE_NAME, DRAFT, Digest("0" * 64), 0)
 
 
 def model_files(manifest: mf.Manifest) -> list[FileSpec]:

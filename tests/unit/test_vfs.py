@@ -413,7 +413,7 @@ def test_file_inodes_are_stable_and_distinct(world) -> None:
     "flags",
     [os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_WRONLY | os.O_APPEND, os.O_RDWR | os.O_CREAT],
 )
-@pytest.mark.parametrize("name", ["model.gguf", "Modelfile", "manifest.json"])
+@pytest.mark.parametrize("name", ["model.gguf", "manifest.json"])
 def test_open_for_writing_is_erofs(world, flags: int, name: str) -> None:
     fs, _ = world
     ino = lookup_path(fs, f"{LLAMA}/{name}").ino
