@@ -70,6 +70,34 @@ def ingest_stream(store: Store, src: BinaryIO, expected: Digest | None = None) -
         raise
 
 
+def new_upload(store: Store) -> tuple[int, Path]:
+    """A temporary file in ``blobs/`` to write a blob into (prunable by name until adopted)."""
+    store.blobs_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=store.blobs_dir)
+    return fd, Path(tmp)
+
+
+def adopt_upload(store: Store, tmp: Path) -> tuple[Digest, int]:
+    """Hash a finished upload and give it its blob name, or drop it when the store already has
+    those bytes (so a copy stores nothing twice)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(tmp, "rb") as f:
+        while chunk := f.read(CHUNK * 4):
+            h.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    digest = Digest(h.hexdigest())
+    final = store.blob_path(digest)
+    if final.exists() and final.stat().st_size == size:
+        os.unlink(tmp)
+    else:
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, final)
+        _fsync_dir(store.blobs_dir)
+    return digest, size
+
+
 def ingest_bytes(store: Store, data: bytes) -> tuple[Digest, int]:
     import io
 

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -37,6 +38,7 @@ from ..names import HOST, NAMESPACE, Digest, ModelName, is_valid_part
 from ..store import ModelRecord, Store
 from ..store import manifest as mf
 from ..store.describe import describe
+from ..store.prune import remove_unreferenced
 from . import layout
 
 if TYPE_CHECKING:
@@ -56,7 +58,8 @@ FILE_ENTRY_TIMEOUT = 0.0
 BLOB_ATTR_TIMEOUT = 300.0
 XATTR_PREFIX = "user.ollama."
 MISS_MAX_AGE = 0.0
-UNLINK_GRACE = 10.0  # seconds unlinked files of a model stay hidden waiting for its rmdir
+UNLINK_GRACE = 10.0
+COPY_GRACE = 10.0  # seconds after its last file a model being copied into lists only what was copied  # seconds unlinked files of a model stay hidden waiting for its rmdir
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,9 @@ class _Handle:
     draft: bytearray | None = None
     dirty: bool = False
     pid: int = 0
+    # a file copied into a new model directory (cp -r): a temporary file in blobs/
+    upload: Path | None = None
+    sink: bool = False  # generate copied by cp -r: written bytes are dropped
 
 
 @dataclass(slots=True)
@@ -212,7 +218,10 @@ class FileSystem:
         self._tree_src: object = None
         self._rendered: OrderedDict[tuple, bytes] = OrderedDict()
         self._made: dict[tuple, str] = {}
-        self._staged: dict[tuple, ModelName] = {}  # model dirs made by mkdir, until their Modelfile  # host/namespace dirs made by mkdir, until used
+        self._staged: dict[tuple, ModelName] = {}
+        self._copies: dict[tuple, dict[str, mf.Layer | None]] = {}  # model key -> files cp -r wrote
+        self._copy_touched: dict[tuple, float] = {}
+        self._interim: dict[tuple, list[Digest]] = {}  # configs of manifests written mid-copy  # model dirs made by mkdir, until their Modelfile  # host/namespace dirs made by mkdir, until used
         self._unlinked: dict[tuple, list] = {}  # model key -> [when, names rm -r unlinked]
         self._gguf: OrderedDict[Digest, dict] = OrderedDict()
         root = Node(ROOT_INO, DIR, (), "", ROOT_INO, nlookup=1)
@@ -368,10 +377,11 @@ class FileSystem:
                 self._staged.pop(node.key, None)
             record = await self._record(node)
             hidden = self._unlinked_in(node.key)
+            copying = self._copying(node.key)
             return [
                 (spec.name, (*node.key, spec.name.lower(), spec.digest.hex), record, spec)
                 for spec in layout.model_files(record.manifest)
-                if spec.name not in hidden
+                if spec.name not in hidden and (copying is None or spec.name in copying)
             ]
         raise OllamaFSError(f"{node.name} is not a directory", err=errno.ENOTDIR)
 
@@ -494,6 +504,9 @@ class FileSystem:
             return await self._open_generate(node, flags, caller)
         if node.spec is not None and node.spec.kind in (layout.MODELFILE, layout.DRAFT) and flags & (os.O_WRONLY | os.O_RDWR):
             return await self._open_draft(node, flags, caller)
+        parent = self._nodes.get(node.parent)
+        if flags & (os.O_WRONLY | os.O_RDWR) and parent is not None and parent.key in self._copies:
+            return (await self._create_upload(parent, node.name, flags, caller))[0]  # cp -r overwriting
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise ReadOnly(f"{self._path(node)} is read-only (layer files cannot be written)")
         spec, record = node.spec, node.record
@@ -540,6 +553,8 @@ class FileSystem:
         handle = self._handles.pop(fh, None)
         if isinstance(handle, _Handle) and handle.fd >= 0:
             os.close(handle.fd)
+        if isinstance(handle, _Handle) and handle.upload is not None:
+            handle.upload.unlink(missing_ok=True)  # never flushed: nothing is adopted
         if isinstance(handle, _Handle) and handle.exchange is not None:
             handle.exchange.cancel()  # a reader that leaves early stops its generation
 
@@ -679,6 +694,10 @@ class FileSystem:
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handles.get(fh)
+        if isinstance(handle, _Handle) and handle.sink:
+            return len(data)
+        if isinstance(handle, _Handle) and handle.upload is not None:
+            return os.pwrite(handle.fd, data, offset)  # one bounded write: inline, like pread
         if isinstance(handle, _Handle) and handle.draft is not None:
             if offset > len(handle.draft):
                 handle.draft += b"\0" * (offset - len(handle.draft))
@@ -696,6 +715,11 @@ class FileSystem:
         """close(2) of a handle (or of a duplicate): submit a written prompt, or apply a
         written Modelfile."""
         handle = self._handles.get(fh)
+        if isinstance(handle, _Handle) and handle.upload is not None:
+            os.close(handle.fd)
+            handle.fd = -1
+            await self._adopt_upload(handle)
+            return
         if isinstance(handle, _Handle) and handle.draft is not None and handle.dirty:
             await self._apply_draft(handle)
             return
@@ -720,8 +744,11 @@ class FileSystem:
     def truncate_ok(self, ino: int) -> bool:
         """``> generate`` and ``> Modelfile`` truncate first: allowed (the write decides)."""
         node = self._nodes.get(ino)
-        return node is not None and node.spec is not None and node.spec.kind in (
-            layout.GENERATE, layout.MODELFILE, layout.DRAFT)
+        if node is None or node.spec is None:
+            return False
+        parent = self._nodes.get(node.parent)
+        return node.spec.kind in (layout.GENERATE, layout.MODELFILE, layout.DRAFT) or (
+            parent is not None and parent.key in self._copies)
 
     # ---- creating and editing models with a Modelfile ----------------------------------
     def _model_dir_of(self, node: Node) -> Node:
@@ -745,13 +772,106 @@ class FileSystem:
         if parent.kind != MODEL_DIR:
             raise ReadOnly(f"create {self._path(parent)}/{name}: files can only be made in a model directory")
         if name != layout.MODELFILE_NAME:
-            raise ReadOnly(f"create {self._path(parent)}/{name}: only a Modelfile can be written into a model "
-                           f"directory (layer files and cp -r are not supported yet)")
+            return await self._create_upload(parent, name, flags, caller)
+        if parent.key in self._copies:
+            self._copies[parent.key].setdefault(name, None)
+            self._copy_touched[parent.key] = time.monotonic()
         node = self._intern((*parent.key, "modelfile", "draft"), kind=FILE, name=name, parent=parent.ino,
                             model=parent.model, spec=layout.DRAFT_SPEC)
         node.nlookup += 1
         opened = await self._open_draft(node, flags | os.O_TRUNC, caller)
         return opened, await self.getattr(node.ino)
+
+    def _copying(self, key: tuple) -> dict | None:
+        """The files written so far into a model directory being filled (cp -r), which alone are
+        listed while it is (so cp's O_EXCL creates find nothing in the way); None otherwise."""
+        files = self._copies.get(key)
+        if files is None:
+            return None
+        if time.monotonic() - self._copy_touched.get(key, 0.0) > COPY_GRACE:
+            del self._copies[key]
+            return None
+        return files
+
+    async def _create_upload(self, parent: Node, name: str, flags: int, caller: Caller) -> tuple[Opened, Attr]:
+        """A file copied into a new model directory (cp -r, or model.gguf alone): its bytes go to
+        a temporary blob, adopted at close (stored once per digest)."""
+        from ..store.ingest import new_upload
+
+        where = f"{self._path(parent)}/{name}"
+        fresh = parent.key in self._staged or parent.key in self._copies
+        known = layout.kind_of(name) is not None or name in (
+            layout.CONFIG_NAME, layout.MANIFEST_NAME, layout.GENERATE_NAME)
+        if not fresh:
+            raise ReadOnly(f"create {where}: the layers of an existing model cannot be written")
+        if not known:
+            raise ReadOnly(f"create {where}: not a file a model directory holds")
+        node = self._intern((*parent.key, name.lower(), "upload"), kind=FILE, name=name, parent=parent.ino,
+                            model=parent.model, spec=layout.FileSpec(name, layout.DRAFT, Digest("0" * 64), 0))
+        node.nlookup += 1
+        self._copies.setdefault(parent.key, {}).setdefault(name, None)
+        self._copy_touched[parent.key] = time.monotonic()
+        handle = _Handle(node, flags=flags, pid=caller.pid)
+        if name == layout.GENERATE_NAME:
+            handle.sink = True
+        else:
+            fd, tmp = await self._run(new_upload, self.store)
+            handle.fd, handle.upload = fd, tmp
+        return Opened(self._new_handle(handle), keep_cache=False, direct_io=True), await self.getattr(node.ino)
+
+    async def _adopt_upload(self, handle: _Handle) -> None:
+        """Close of a copied file: adopt its bytes, then (re)write the new model's manifest."""
+        from ..store import ingest
+
+        assert handle.upload is not None
+        model_dir = self._model_dir_of(handle.node)
+        assert model_dir.model is not None
+        tmp, handle.upload = handle.upload, None
+        name = handle.node.name
+        files = self._copies.setdefault(model_dir.key, {})
+        if name == layout.MANIFEST_NAME:  # the exact manifest: the copy is `ollama cp`
+            data = await self._run(tmp.read_bytes)
+            tmp.unlink()
+            await self._run(ingest.write_manifest, self.store, model_dir.model, data)  # blobs checked there
+            files["\0exact"] = None
+            interim = self._interim.pop(model_dir.key, [])
+            if interim:  # the configs of the manifests written while the layers came in
+                await self._run(remove_unreferenced, self.store, interim, self._in_use())
+            self._staged.pop(model_dir.key, None)
+            self._tree_src = None
+            return
+        digest, size = await self._run(ingest.adopt_upload, self.store, tmp)
+        if name != layout.CONFIG_NAME:
+            kind = layout.kind_of(name)
+            files[name] = mf.Layer(mf.OLLAMA_PREFIX + kind, digest, size)
+            if "\0exact" not in files and any(lay is not None and lay.kind == mf.MODEL for lay in files.values()):
+                config = await self._run(self._write_copied, model_dir.model, dict(files))
+                self._interim.setdefault(model_dir.key, []).append(config)
+        self._staged.pop(model_dir.key, None)
+        self._tree_src = None
+        self.store.invalidate()
+
+    async def _same_model_text(self, model_dir: Node, text: str) -> bool:
+        from ..modelfile_parse import ModelfileError, parse
+
+        try:
+            record = await self._record(model_dir)
+            current = (await self.render_modelfile(record)).decode()
+            strip = lambda cmds: [(c.name, c.args) for c in cmds]  # noqa: E731 - line numbers differ
+            return strip(parse(text)) == strip(parse(current))
+        except (NotFound, ModelfileError):
+            return False
+
+    def _write_copied(self, name: ModelName, files: dict[str, mf.Layer | None]) -> Digest:
+        from ..store.ingest import build_manifest, ingest_bytes, write_manifest
+
+        order = [mf.MODEL, mf.PROJECTOR, mf.ADAPTER, mf.TEMPLATE, mf.SYSTEM, mf.PARAMS, mf.MESSAGES, mf.LICENSE]
+        layers = sorted((lay for n, lay in files.items() if lay is not None and not n.startswith("\0")),
+                        key=lambda lay: (order.index(lay.kind), lay.digest.hex))
+        config, manifest = build_manifest(layers, {"model_format": "gguf", "os": "linux", "architecture": "amd64"})
+        digest, _ = ingest_bytes(self.store, config)
+        write_manifest(self.store, name, manifest)
+        return digest
 
     async def _apply_draft(self, handle: _Handle) -> None:
         from ..store.create import caller_cwd, create_from_modelfile
@@ -760,6 +880,8 @@ class FileSystem:
         assert model_dir.model is not None and handle.draft is not None
         text = handle.draft.decode("utf-8", errors="replace")
         handle.dirty = False
+        if model_dir.key in self._copies and await self._same_model_text(model_dir, text):
+            return  # cp -r copies the Modelfile too: it describes what the copy already is
         create = functools.partial(create_from_modelfile, cwd=caller_cwd(handle.pid))
         await self._run(create, self.store, model_dir.model, text)
         self._staged.pop(model_dir.key, None)

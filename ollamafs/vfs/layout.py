@@ -46,6 +46,17 @@ STATUS_SPEC = FileSpec(STATUS_NAME, STATUS, Digest("0" * 64), 0)
 DRAFT_SPEC = FileSpec(MODELFILE_NAME, DRAFT, Digest("0" * 64), 0)
 
 
+def kind_of(name: str) -> str | None:
+    """The layer kind a file name stands for (``license-1`` -> license), else None."""
+    for kind, (base, ext) in _NAMES.items():
+        if ext and not name.endswith(ext):
+            continue
+        stem = name[: len(name) - len(ext)] if ext else name
+        if stem == base or (stem.startswith(base + "-") and stem[len(base) + 1 :].isdigit()):
+            return kind
+    return None
+
+
 def model_files(manifest: mf.Manifest) -> list[FileSpec]:
     """The files of a model directory in manifest order.
 

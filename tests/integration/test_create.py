@@ -92,8 +92,37 @@ def test_invalid_names_and_other_files_are_refused(base, mount):
     assert info.value.errno == errno.EEXIST
     os.mkdir(m.path / "registry.ollama.ai/library/new:1")
     with pytest.raises(OSError) as info:
-        open(m.path / "registry.ollama.ai/library/new:1/model.gguf", "wb")
+        open(m.path / "registry.ollama.ai/library/new:1/notes.txt", "wb")
     assert info.value.errno == errno.EROFS
     with pytest.raises(OSError) as info:
         open(m.path / "registry.ollama.ai/library/base:1b/template", "w")
     assert info.value.errno == errno.EROFS
+
+
+def test_cp_r_copies_a_model_without_storing_twice(base, mount):
+    """§Creating models: cp -r of a model directory makes an identical model; no blob twice."""
+    m = mount(["offline"])
+    lib = m.path / "registry.ollama.ai/library"
+    blobs_before = set(os.listdir(base.root / "blobs"))
+    out = subprocess.run(["cp", "-r", str(lib / "base:1b"), str(lib / "twin:1b")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    src = Store(base.root).get(ModelName.parse(BASE))
+    dst = Store(base.root).get(ModelName.parse("twin:1b"))
+    assert [l.digest for l in dst.manifest.layers] == [l.digest for l in src.manifest.layers]
+    assert dst.manifest.config.digest == src.manifest.config.digest
+    assert set(os.listdir(base.root / "blobs")) == blobs_before  # nothing stored twice, no leftovers
+    assert sorted(os.listdir(lib)) == ["base:1b", "twin:1b"]
+    assert (lib / "twin:1b/model.gguf").read_bytes() == (lib / "base:1b/model.gguf").read_bytes()
+
+
+def test_model_gguf_alone_creates_a_model(base, mount, tmp_path):
+    """§Creating models: copying a GGUF into model.gguf of a new directory creates a model."""
+    m = mount(["offline"])
+    d = m.path / "registry.ollama.ai/library/solo:1"
+    os.mkdir(d)
+    gguf = tmp_path / "solo.gguf"
+    gguf.write_bytes(b"GGUF" + os.urandom(5000))
+    subprocess.run(["cp", str(gguf), str(d / "model.gguf")], check=True)
+    layers = layers_of(base, "registry.ollama.ai/library/solo:1")
+    assert layers["model"][0].read_bytes() == gguf.read_bytes()
+    assert not [n for n in os.listdir(base.root / "blobs") if n.startswith(".")]
