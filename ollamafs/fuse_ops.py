@@ -179,7 +179,7 @@ class Operations(pyfuse3.Operations):
     # Everything that would change the tree is refused until the mutation issue lands.
     @_handler
     async def setxattr(self, inode, name, value, ctx):
-        self.fs.refuse_write("set an attribute on", inode)
+        await self.fs.setxattr(inode, _name(name), value)
 
     @_handler
     async def removexattr(self, inode, name, ctx):

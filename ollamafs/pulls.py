@@ -197,6 +197,14 @@ class PullManager:
             stale = [layer.digest for layer in old.manifest.all_blobs() if layer.digest not in new]
             remove_unreferenced(self.store, stale, self.in_use())
 
+    async def push_model(self, name: ModelName) -> Digest:
+        """``ollama push`` of a local model (the file-based push: setfattr user.ollama.push)."""
+        from .registry.pusher import push_model
+
+        digest = await push_model(self.client, self.store, name, scheme=self.scheme)
+        log.info("pushed %s to %s (manifest %s)", name, name.host, digest)
+        return digest
+
     async def pull_model(self, name: ModelName, on_progress: Callable[[int, int], None] | None = None) -> Manifest:
         """``ollama pull``: fetch the manifest, pull every blob, commit.  Returns the manifest."""
         self._remotes.pop(name, None)

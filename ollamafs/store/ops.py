@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -110,6 +111,31 @@ def rename_model(store: Store, src: ModelName, dst: ModelName) -> ModelRecord:
         return store.get(dst)
 
 
+ACTIVE_PARTIAL_AGE = 120.0  # a partial file written this recently belongs to a running pull
+
+
+def open_blob_files(store: Store) -> set[str]:
+    """Names of files in ``blobs/`` that some process holds open (/proc/*/fd), the mount daemon
+    serving a read included."""
+    blobs = str(store.blobs_dir.resolve()) + "/"
+    out: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(blobs):
+                out.add(target[len(blobs):].removesuffix(" (deleted)"))
+    return out
+
+
 def prune(store: Store, in_use: Iterable[Digest] = ()) -> list[str]:
     """What Ollama does at start-up: delete blobs no manifest references, and files in
     ``blobs/`` whose names are not digests (leftover partials and temporaries), except what a
@@ -127,7 +153,16 @@ def prune(store: Store, in_use: Iterable[Digest] = ()) -> list[str]:
         referenced = set()
         for record in store.list(max_age=0).values():
             referenced.update(layer.digest for layer in record.manifest.all_blobs())
+        held = open_blob_files(store)
+        now = time.time()
         for fname in sorted(names):
+            if fname in held:
+                continue  # an open handle (a reader through the mount, a pull writing it)
+            try:
+                if "partial" in fname and now - os.stat(store.blobs_dir / fname).st_mtime < ACTIVE_PARTIAL_AGE:
+                    continue  # a pull that is running (or died moments ago) resumes from it
+            except FileNotFoundError:
+                continue
             try:
                 digest = Digest.from_filename(fname)
             except OllamaFSError:

@@ -916,6 +916,21 @@ class FileSystem:
             return str(node.spec.digest).encode()
         return node.spec.media_type.encode()
 
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """``setfattr -n user.ollama.push -v 1 MODEL_DIR`` pushes the model to its registry; the
+        call returns when the push is done (errors as for ollamafs push)."""
+        node = self.node(ino)
+        if name != XATTR_PREFIX + "push" or node.kind != MODEL_DIR:
+            raise ReadOnly(f"set attribute {name} on {self._path(node)}: only user.ollama.push on a model directory")
+        if value.strip() not in (b"1", b"true", b"yes"):
+            raise Refused(f"user.ollama.push takes 1, not {value!r}", err=errno.EINVAL)
+        if self.pulls is None:
+            raise NotSupported(f"push {self._path(node)}: this mount has no registry (--offline)")
+        record = await self._record(node)
+        if record.remote is not None:
+            raise NotFound(f"{record.name} is not in the store")
+        await self.pulls.push_model(record.name)
+
     async def listxattr(self, ino: int) -> list[str]:
         return self._xattr_names(self.node(ino))
 

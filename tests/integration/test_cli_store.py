@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,10 +57,17 @@ def test_list_cp_mv_rm(two_models):
 
 def test_prune_removes_unreferenced_and_partials(two_models):
     s = str(two_models.root)
-    (two_models.root / "blobs" / ("sha256-" + "ab" * 32)).write_bytes(b"orphan")
-    (two_models.root / "blobs" / ("sha256-" + "cd" * 32 + "-partial")).write_bytes(b"left")
+    b = two_models.root / "blobs"
+    (b / ("sha256-" + "ab" * 32)).write_bytes(b"orphan")
+    old = b / ("sha256-" + "cd" * 32 + "-partial")
+    old.write_bytes(b"left")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    (b / ("sha256-" + "ef" * 32 + "-partial")).write_bytes(b"a running pull's")  # written just now
+    held = b / ("sha256-" + "12" * 32)
+    held.write_bytes(b"unreferenced but open")
     before = blobs(two_models)
-    out = cli("prune", "--store", s)
+    with open(held, "rb"):  # an open handle keeps it
+        out = cli("prune", "--store", s)
     assert out.returncode == 0, out.stderr
     assert before - blobs(two_models) == {"sha256-" + "ab" * 32, "sha256-" + "cd" * 32 + "-partial"}
     for record in Store(s).list().values():  # every manifest still verifies
@@ -83,3 +91,22 @@ def test_push_then_pull_back(two_models, registry_server, tmp_path):  # noqa: F8
     assert [l.digest for l in pulled.manifest.all_blobs()] == [l.digest for l in pushed.manifest.all_blobs()]
     for layer in pulled.manifest.all_blobs():
         assert (empty / "blobs" / layer.digest.filename).read_bytes() == (two_models.root / "blobs" / layer.digest.filename).read_bytes()
+
+
+@pytest.mark.registry
+@pytest.mark.fuse
+def test_push_from_the_mount_with_setfattr(two_models, registry_server, mount, tmp_path):  # noqa: F811
+    """§Pushing: setfattr -n user.ollama.push -v 1 MODEL_DIR pushes the model to its registry."""
+    s = str(two_models.root)
+    name = f"{registry_server.host}/alice/b:pushed"
+    assert cli("cp", "--store", s, "alice/b:latest", name).returncode == 0
+    m = mount(["insecure"])
+    d = m.path / registry_server.host / "alice" / "b:pushed"
+    out = subprocess.run(["setfattr", "-n", "user.ollama.push", "-v", "1", str(d)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "pushed" in m.log()
+    empty = tmp_path / "empty2"
+    assert cli("pull", "--insecure", "--store", str(empty), name).returncode == 0
+    (pulled,) = Store(empty).list().values()
+    (pushed,) = [r for n, r in Store(s).list().items() if str(n) == name]
+    assert [l.digest for l in pulled.manifest.all_blobs()] == [l.digest for l in pushed.manifest.all_blobs()]
