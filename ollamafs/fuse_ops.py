@@ -94,7 +94,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def lookup(self, parent_inode, name, ctx=None):
-        return _entry(await self.fs.lookup(parent_inode, _name(name)))
+        return _entry(await self.fs.lookup(parent_inode, _name(name), Caller(ctx.uid, ctx.pid) if ctx else Caller()))
 
     @_handler
     async def getattr(self, inode, ctx=None):
@@ -191,7 +191,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def rmdir(self, parent_inode, name, ctx):
-        await self.fs.rmdir(parent_inode, _name(name))
+        await self.fs.rmdir(parent_inode, _name(name), Caller(ctx.uid, ctx.pid))
 
     @_handler
     async def unlink(self, parent_inode, name, ctx):

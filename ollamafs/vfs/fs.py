@@ -176,6 +176,7 @@ class _Handle:
     # a file copied into a new model directory (cp -r): a temporary file in blobs/
     upload: Path | None = None
     sink: bool = False  # generate copied by cp -r: written bytes are dropped
+    copying: bool = False  # a Modelfile created as one of the files of a copy
 
 
 @dataclass(slots=True)
@@ -221,6 +222,7 @@ class FileSystem:
         self._staged: dict[tuple, ModelName] = {}
         self._copies: dict[tuple, dict[str, mf.Layer | None]] = {}  # model key -> files cp -r wrote
         self._copy_touched: dict[tuple, float] = {}
+        self._copy_owner: dict[tuple, int] = {}  # the pid filling it: only it sees the filtered view
         self._interim: dict[tuple, list[Digest]] = {}  # configs of manifests written mid-copy  # model dirs made by mkdir, until their Modelfile  # host/namespace dirs made by mkdir, until used
         self._unlinked: dict[tuple, list] = {}  # model key -> [when, names rm -r unlinked]
         self._gguf: OrderedDict[Digest, dict] = OrderedDict()
@@ -357,7 +359,7 @@ class FileSystem:
 
     # ---- lookup and listing -----------------------------------------------------------
     async def _children(
-        self, node: Node, max_age: float | None = None
+        self, node: Node, max_age: float | None = None, viewer: int | None = None
     ) -> list[tuple[str, tuple, ModelRecord | None, layout.FileSpec | None]]:
         if node.kind == DIR:
             tree = await self.tree(max_age)
@@ -377,7 +379,7 @@ class FileSystem:
                 self._staged.pop(node.key, None)
             record = await self._record(node)
             hidden = self._unlinked_in(node.key)
-            copying = self._copying(node.key)
+            copying = self._copying(node.key) if viewer == self._copy_owner.get(node.key) else None
             return [
                 (spec.name, (*node.key, spec.name.lower(), spec.digest.hex), record, spec)
                 for spec in layout.model_files(record.manifest)
@@ -394,7 +396,7 @@ class FileSystem:
             return self._intern(key, kind=MODEL_DIR, name=name, parent=parent.ino, model=record.name, record=record)
         return self._intern(key, kind=DIR, name=name, parent=parent.ino)
 
-    async def lookup(self, parent_ino: int, name: str) -> Attr:
+    async def lookup(self, parent_ino: int, name: str, caller: Caller = Caller()) -> Attr:
         """Find ``name`` in a directory (case-insensitively) and count one lookup of it."""
         parent = self.node(parent_ino)
         folded = name.lower()
@@ -406,7 +408,7 @@ class FileSystem:
         # A miss in the cached listing rescans the store (in a worker thread), so a
         # model written a moment ago (by Ollama, say) is found as soon as it is looked up.
         for max_age in (None, MISS_MAX_AGE) if parent.kind == DIR else (None,):
-            for child_name, key, record, spec in await self._children(parent, max_age):
+            for child_name, key, record, spec in await self._children(parent, max_age, caller.pid):
                 if child_name.lower() == folded:
                     node = self._child_node(parent, child_name, key, record, spec)
                     attr = await self.getattr(node.ino)
@@ -460,7 +462,7 @@ class FileSystem:
 
     async def opendir(self, ino: int, caller: Caller = Caller()) -> int:
         node = self.node(ino)
-        entries = await self._children(node)
+        entries = await self._children(node, viewer=caller.pid)
         return self._new_handle(_DirHandle(node, entries, caller.pid))
 
     async def readdir(self, fh: int, start: int) -> list[DirEntry]:
@@ -586,7 +588,7 @@ class FileSystem:
         entry[0] = time.monotonic()
         entry[1].add(name)
 
-    async def rmdir(self, parent_ino: int, name: str) -> None:
+    async def rmdir(self, parent_ino: int, name: str, caller: Caller = Caller()) -> None:
         """Remove a model (its files unlinked first, as rm -r does) or an empty directory."""
         from ..store import ops
 
@@ -605,13 +607,14 @@ class FileSystem:
             self._made.pop(key, None)
             return
         node = self._child_node(parent, child_name, key, record, None)
-        left = await self._children(node)
+        left = await self._children(node, viewer=caller.pid)  # what the remover sees (rm -r of a copy)
         if left:
             raise Refused(f"{self._path(node)} is not empty ({len(left)} files left)", err=errno.ENOTEMPTY)
         if record.remote is not None:
             raise NotFound(f"{record.name} is not in the store")
         await self._run(ops.delete_model, self.store, record.name, self._in_use())
         self._unlinked.pop(key, None)
+        self._forget_copy(key)
         self._tree_src = None
         log.info("removed model %s", record.name)
 
@@ -638,6 +641,7 @@ class FileSystem:
             if any(c[1] == key for c in await self._children(parent)):
                 raise Refused(f"mkdir {self._path(parent)}/{name}: exists", err=errno.EEXIST)
             self._staged[key] = wanted
+            self._forget_copy(key)
             node = self._child_node(parent, name, key, None, None)
             node.nlookup += 1
             return await self.getattr(node.ino)
@@ -674,6 +678,8 @@ class FileSystem:
         if record.remote is not None:
             raise NotFound(f"{record.name} is not in the store")
         await self._run(ops.rename_model, self.store, record.name, dst)
+        self._forget_copy(match[0][1])
+        self._forget_copy((*dst_parent.key, new_name.lower()))
         self._tree_src = None
         log.info("renamed model %s to %s", record.name, dst)
 
@@ -773,13 +779,18 @@ class FileSystem:
             raise ReadOnly(f"create {self._path(parent)}/{name}: files can only be made in a model directory")
         if name != layout.MODELFILE_NAME:
             return await self._create_upload(parent, name, flags, caller)
-        if parent.key in self._copies:
-            self._copies[parent.key].setdefault(name, None)
+        copying = parent.key in self._copies or parent.key in self._staged
+        if copying:  # a new directory being filled: its filler (cp -r) sees only what it wrote so far
+            self._copies.setdefault(parent.key, {}).setdefault(name, None)
             self._copy_touched[parent.key] = time.monotonic()
+            self._copy_owner.setdefault(parent.key, caller.pid)
         node = self._intern((*parent.key, "modelfile", "draft"), kind=FILE, name=name, parent=parent.ino,
                             model=parent.model, spec=layout.DRAFT_SPEC)
         node.nlookup += 1
         opened = await self._open_draft(node, flags | os.O_TRUNC, caller)
+        handle = self._handles[opened.fh]
+        assert isinstance(handle, _Handle)
+        handle.copying = copying
         return opened, await self.getattr(node.ino)
 
     def _copying(self, key: tuple) -> dict | None:
@@ -789,9 +800,16 @@ class FileSystem:
         if files is None:
             return None
         if time.monotonic() - self._copy_touched.get(key, 0.0) > COPY_GRACE:
-            del self._copies[key]
+            self._forget_copy(key)
             return None
         return files
+
+    def _forget_copy(self, key: tuple) -> None:
+        """The directory is no longer being filled by a copy (removed, renamed, re-made, edited)."""
+        self._copies.pop(key, None)
+        self._copy_touched.pop(key, None)
+        self._copy_owner.pop(key, None)
+        self._interim.pop(key, None)
 
     async def _create_upload(self, parent: Node, name: str, flags: int, caller: Caller) -> tuple[Opened, Attr]:
         """A file copied into a new model directory (cp -r, or model.gguf alone): its bytes go to
@@ -811,6 +829,7 @@ class FileSystem:
         node.nlookup += 1
         self._copies.setdefault(parent.key, {}).setdefault(name, None)
         self._copy_touched[parent.key] = time.monotonic()
+        self._copy_owner.setdefault(parent.key, caller.pid)
         handle = _Handle(node, flags=flags, pid=caller.pid)
         if name == layout.GENERATE_NAME:
             handle.sink = True
@@ -821,35 +840,50 @@ class FileSystem:
 
     async def _adopt_upload(self, handle: _Handle) -> None:
         """Close of a copied file: adopt its bytes, then (re)write the new model's manifest."""
-        from ..store import ingest
-
         assert handle.upload is not None
         model_dir = self._model_dir_of(handle.node)
         assert model_dir.model is not None
         tmp, handle.upload = handle.upload, None
-        name = handle.node.name
-        files = self._copies.setdefault(model_dir.key, {})
-        if name == layout.MANIFEST_NAME:  # the exact manifest: the copy is `ollama cp`
-            data = await self._run(tmp.read_bytes)
-            tmp.unlink()
-            await self._run(ingest.write_manifest, self.store, model_dir.model, data)  # blobs checked there
-            files["\0exact"] = None
-            interim = self._interim.pop(model_dir.key, [])
-            if interim:  # the configs of the manifests written while the layers came in
-                await self._run(remove_unreferenced, self.store, interim, self._in_use())
-            self._staged.pop(model_dir.key, None)
-            self._tree_src = None
-            return
-        digest, size = await self._run(ingest.adopt_upload, self.store, tmp)
-        if name != layout.CONFIG_NAME:
-            kind = layout.kind_of(name)
-            files[name] = mf.Layer(mf.OLLAMA_PREFIX + kind, digest, size)
-            if "\0exact" not in files and any(lay is not None and lay.kind == mf.MODEL for lay in files.values()):
-                config = await self._run(self._write_copied, model_dir.model, dict(files))
-                self._interim.setdefault(model_dir.key, []).append(config)
-        self._staged.pop(model_dir.key, None)
+        key = model_dir.key
+        files = self._copies.setdefault(key, {})
+        interim = list(self._interim.get(key, []))
+        outcome = await self._run(self._adopt_locked, tmp, handle.node.name, model_dir.model, files, interim,
+                                  self._in_use())
+        if outcome == "exact":
+            self._interim.pop(key, None)
+        elif isinstance(outcome, Digest):
+            self._interim.setdefault(key, []).append(outcome)
+        self._staged.pop(key, None)
         self._tree_src = None
         self.store.invalidate()
+
+    def _adopt_locked(self, tmp: Path, name: str, model: ModelName, files: dict, interim: list, in_use: set):
+        """Worker thread, under the store's lock (so a concurrent rm cannot prune a blob between
+        its adoption and the manifest that references it): adopt a copied file; return "exact"
+        when a copied manifest.json became the manifest, the interim config's digest when a
+        manifest was built from the copied layers, else None."""
+        from ..store import ingest, ops
+
+        with ops.store_lock(self.store):
+            if name == layout.MANIFEST_NAME:
+                data = tmp.read_bytes()
+                tmp.unlink()
+                try:
+                    ingest.write_manifest(self.store, model, data)
+                except OllamaFSError as exc:
+                    log.info("copied manifest.json of %s not used (%s); keeping the one built from the copied "
+                             "files", model, exc)
+                    return None
+                files["\0exact"] = None
+                remove_unreferenced(self.store, interim, in_use)  # the configs written on the way
+                return "exact"
+            digest, size = ingest.adopt_upload(self.store, tmp)
+            if name == layout.CONFIG_NAME:
+                return None
+            files[name] = mf.Layer(mf.OLLAMA_PREFIX + layout.kind_of(name), digest, size)
+            if "\0exact" in files or not any(lay is not None and lay.kind == mf.MODEL for lay in files.values()):
+                return None
+            return self._write_copied(model, dict(files))
 
     async def _same_model_text(self, model_dir: Node, text: str) -> bool:
         from ..modelfile_parse import ModelfileError, parse
@@ -884,6 +918,8 @@ class FileSystem:
             return  # cp -r copies the Modelfile too: it describes what the copy already is
         create = functools.partial(create_from_modelfile, cwd=caller_cwd(handle.pid))
         await self._run(create, self.store, model_dir.model, text)
+        if not handle.copying:
+            self._forget_copy(model_dir.key)  # an edit: the directory is the model's own again
         self._staged.pop(model_dir.key, None)
         self._tree_src = None
         self.store.invalidate()
