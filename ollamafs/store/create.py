@@ -107,6 +107,10 @@ def create_from_modelfile(store: Store, name: ModelName, text: str, *, cwd: Path
         by_kind[mf.PARAMS] = [mf.Layer(mf.OLLAMA_PREFIX + mf.PARAMS, digest, size)]
     if not by_kind.get(mf.MODEL):
         raise ModelfileError("FROM names no model layer", line=froms[0].line if froms else 1)
+    if mf.TEMPLATE not in by_kind:
+        derived = template_from_gguf(store, by_kind[mf.MODEL][0])
+        if derived is not None:
+            by_kind[mf.TEMPLATE] = [derived]
 
     order = [mf.MODEL, mf.PROJECTOR, mf.ADAPTER, mf.TEMPLATE, mf.SYSTEM, mf.PARAMS, mf.MESSAGES, mf.LICENSE]
     layers = [layer for kind in order for layer in by_kind.get(kind, [])]
@@ -120,6 +124,25 @@ def create_from_modelfile(store: Store, name: ModelName, text: str, *, cwd: Path
         return store.get(name)
     except NotFound:  # pragma: no cover - just written
         raise
+
+
+def template_from_gguf(store: Store, model: mf.Layer) -> mf.Layer | None:
+    """A template layer from the model GGUF's chat template, as Ollama creates one (None when the
+    GGUF has none that we recognise)."""
+    from ..chat_templates import for_chat_template
+    from ..gguf_meta import GGUFError, read_metadata
+
+    try:
+        meta = read_metadata(store.blob_path(model.digest))
+    except (GGUFError, OSError):
+        return None
+    found = for_chat_template(meta.get("tokenizer.chat_template") if isinstance(
+        meta.get("tokenizer.chat_template"), str) else None)
+    if found is None:
+        return None
+    log.info("template of %s taken from its GGUF chat template (%s)", model.digest, found[0])
+    digest, size = ingest_bytes(store, found[1].encode())
+    return mf.Layer(mf.OLLAMA_PREFIX + mf.TEMPLATE, digest, size)
 
 
 def caller_cwd(pid: int) -> Path | None:

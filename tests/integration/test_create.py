@@ -126,3 +126,28 @@ def test_model_gguf_alone_creates_a_model(base, mount, tmp_path):
     layers = layers_of(base, "registry.ollama.ai/library/solo:1")
     assert layers["model"][0].read_bytes() == gguf.read_bytes()
     assert not [n for n in os.listdir(base.root / "blobs") if n.startswith(".")]
+
+
+def test_template_comes_from_the_gguf_chat_template(store, mount, tmp_path):
+    """§Creating models: a GGUF alone gets Ollama's template for its chat template."""
+    from ollamafs.chat_templates import named
+    from tests.factory import write_tiny_gguf
+
+    jinja = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    gguf = write_tiny_gguf(tmp_path / "chat.gguf", chat_template=jinja)
+    store.root.mkdir(parents=True, exist_ok=True)
+    m = mount(["offline"])
+    d = m.path / "registry.ollama.ai/library/chatty:1"
+    os.makedirs(d)
+    subprocess.run(["cp", str(gguf), str(d / "model.gguf")], check=True)
+    assert layers_of(store, "registry.ollama.ai/library/chatty:1")["template"][0].read_text() == named("chatml")
+    e = m.path / "registry.ollama.ai/library/chatty:2"
+    os.makedirs(e)
+    (e / "Modelfile").write_text(f"FROM {gguf}\n")
+    assert layers_of(store, "registry.ollama.ai/library/chatty:2")["template"][0].read_text() == named("chatml")
+    # no recognisable chat template: none (Ollama's default {{ .Prompt }} applies)
+    plain = write_tiny_gguf(tmp_path / "plain.gguf")
+    f = m.path / "registry.ollama.ai/library/plain:1"
+    os.makedirs(f)
+    (f / "Modelfile").write_text(f"FROM {plain}\n")
+    assert "template" not in layers_of(store, "registry.ollama.ai/library/plain:1")
