@@ -56,13 +56,7 @@ def ingest_stream(store: Store, src: BinaryIO, expected: Digest | None = None) -
         if expected is not None and digest != expected:
             log.error("digest mismatch: expected %s, got %s; discarding the data", expected, digest)
             raise IntegrityError(f"digest mismatch: expected {expected}, got {digest}")
-        final = store.blob_path(digest)
-        if final.exists():
-            os.unlink(tmp)
-        else:
-            os.chmod(tmp, 0o644)
-            os.rename(tmp, final)
-            _fsync_dir(store.blobs_dir)
+        _adopt(store, Path(tmp), digest, size)
         return digest, size
     except BaseException:
         if os.path.exists(tmp):
@@ -88,6 +82,12 @@ def adopt_upload(store: Store, tmp: Path) -> tuple[Digest, int]:
             size += len(chunk)
         os.fsync(f.fileno())
     digest = Digest(h.hexdigest())
+    _adopt(store, tmp, digest, size)
+    return digest, size
+
+
+def _adopt(store: Store, tmp: Path, digest: Digest, size: int) -> None:
+    """Give verified bytes their blob name, or drop them when the store already holds them."""
     final = store.blob_path(digest)
     if final.exists() and final.stat().st_size == size:
         os.unlink(tmp)
@@ -95,7 +95,6 @@ def adopt_upload(store: Store, tmp: Path) -> tuple[Digest, int]:
         os.chmod(tmp, 0o644)
         os.rename(tmp, final)
         _fsync_dir(store.blobs_dir)
-    return digest, size
 
 
 def ingest_bytes(store: Store, data: bytes) -> tuple[Digest, int]:

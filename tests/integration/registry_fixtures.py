@@ -601,3 +601,23 @@ def fault_proxy(registry_server: RegistryServer) -> Iterator[FaultProxy]:
     with FaultProxy(registry_server.host) as proxy:
         yield proxy
 
+
+
+@pytest.fixture(autouse=False)
+def log_allow(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Fail a test that logs WARNING or worse from ollamafs unless it allowed that message
+    (a test module makes it autouse by importing it under an autouse wrapper)."""
+    import logging
+    import re
+
+    allowed: list[str] = []
+    caplog.set_level(logging.DEBUG, logger="ollamafs")
+    yield allowed
+    bad = [
+        r.getMessage()
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.WARNING
+        and r.name.startswith("ollamafs")
+        and not any(re.search(a, r.getMessage()) for a in allowed)
+    ]
+    assert not bad, f"unexpected warnings: {bad}"

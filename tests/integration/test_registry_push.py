@@ -7,11 +7,8 @@ comparing every digest and byte.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -39,6 +36,7 @@ try:
         FaultProxy,
         RegistryServer,
         fault_proxy,
+        log_allow,
         free_port,
         registry_server,
     )
@@ -48,6 +46,7 @@ except ImportError:  # tests/ is not a package: pytest puts this directory on sy
         FaultProxy,
         RegistryServer,
         fault_proxy,
+        log_allow,
         free_port,
         registry_server,
     )
@@ -60,19 +59,9 @@ MODEL_SIZE = 5 * CHUNK + 1234  # six PATCHes at CHUNK
 
 
 @pytest.fixture(autouse=True)
-def log_allow(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
-    """Fail a test that logs WARNING or worse from ollamafs unless it allowed that message."""
-    allowed: list[str] = []
-    caplog.set_level(logging.DEBUG, logger="ollamafs")
-    yield allowed
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("call")
-        if r.levelno >= logging.WARNING
-        and r.name.startswith("ollamafs")
-        and not any(re.search(a, r.getMessage()) for a in allowed)
-    ]
-    assert not bad, f"unexpected warnings: {bad}"
+def _check_logs(log_allow: list[str]) -> list[str]:
+    """Every test here fails on an unexpected WARNING or worse (registry_fixtures.log_allow)."""
+    return log_allow
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):

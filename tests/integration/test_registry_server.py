@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +40,7 @@ try:
         RegistryServer,
         SeededModel,
         fault_proxy,
+        log_allow,
         free_port,
         registry_server,
         seed_model,
@@ -52,6 +52,7 @@ except ImportError:  # tests/ is not a package: pytest puts this directory on sy
         RegistryServer,
         SeededModel,
         fault_proxy,
+        log_allow,
         free_port,
         registry_server,
         seed_model,
@@ -78,19 +79,9 @@ def seeded(registry_server: RegistryServer) -> SeededModel:
 
 
 @pytest.fixture(autouse=True)
-def log_allow(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
-    """Fail a test that logs WARNING or worse from ollamafs unless it allowed that message."""
-    allowed: list[str] = []
-    caplog.set_level(logging.INFO, logger="ollamafs")
-    yield allowed
-    bad = [
-        r.getMessage()
-        for r in caplog.get_records("call")
-        if r.levelno >= logging.WARNING
-        and r.name.startswith("ollamafs")
-        and not any(re.search(a, r.getMessage()) for a in allowed)
-    ]
-    assert not bad, f"unexpected warnings: {bad}"
+def _check_logs(log_allow: list[str]) -> list[str]:
+    """Every test here fails on an unexpected WARNING or worse (registry_fixtures.log_allow)."""
+    return log_allow
 
 
 def client(**kw: object) -> RegistryClient:
