@@ -76,6 +76,7 @@ class Store:
         self._lock = threading.Lock()
         self._listing: dict[ModelName, ModelRecord] | None = None
         self._listing_at = 0.0
+        self.generation = 0  # bumped with every new listing (what callers compare, never id())
 
     # ---- blobs -------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -211,6 +212,7 @@ class Store:
         with self._lock:
             self._listing = listing
             self._listing_at = now
+            self.generation += 1
         return listing
 
     def _walk(self) -> dict[ModelName, ModelRecord]:

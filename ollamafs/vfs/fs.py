@@ -238,7 +238,8 @@ class FileSystem:
         listing = self.store.cached_listing(max_age)
         if listing is None:
             listing = await self._run(self.store.list, max_age)
-        src = (id(listing), self.pulls.version if self.pulls else 0)
+        # A listing's id() can be reused by a later one once it is freed: compare generations.
+        src = (self.store.generation, self.pulls.version if self.pulls else 0)
         if src != self._tree_src:
             self._tree = _Tree.build(listing, self.pulls.remotes() if self.pulls else [])
             self._tree_src = src
