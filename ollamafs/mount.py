@@ -25,9 +25,6 @@ from .vfs.fs import FileSystem
 
 log = logging.getLogger(__name__)
 
-# Our own -o options (the rest go to FUSE as they are).
-OWN_OPTIONS = {"read_threads", "readahead_kb", "insecure", "offline", "part_size", "stall_timeout", "retry_backoff"}
-
 
 @dataclass
 class MountConfig:

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import InvalidName, NotFound
+from ..errors import InvalidName
 from ..modelfile_parse import ModelfileError, params_json, parse, split_message
 from ..names import Digest, ModelName
 from . import manifest as mf
@@ -107,23 +107,33 @@ def create_from_modelfile(store: Store, name: ModelName, text: str, *, cwd: Path
         by_kind[mf.PARAMS] = [mf.Layer(mf.OLLAMA_PREFIX + mf.PARAMS, digest, size)]
     if not by_kind.get(mf.MODEL):
         raise ModelfileError("FROM names no model layer", line=froms[0].line if froms else 1)
-    if mf.TEMPLATE not in by_kind:
-        derived = template_from_gguf(store, by_kind[mf.MODEL][0])
-        if derived is not None:
-            by_kind[mf.TEMPLATE] = [derived]
-
-    order = [mf.MODEL, mf.PROJECTOR, mf.ADAPTER, mf.TEMPLATE, mf.SYSTEM, mf.PARAMS, mf.MESSAGES, mf.LICENSE]
-    layers = [layer for kind in order for layer in by_kind.get(kind, [])]
-    layers += [layer for kind, ls in by_kind.items() if kind not in order for layer in ls]
-    config_bytes, manifest_bytes = build_manifest(layers, {"model_format": "gguf", "os": "linux", "architecture": "amd64"})
+    layers = [layer for group in by_kind.values() for layer in group]
     with store_lock(store):
-        ingest_bytes(store, config_bytes)
-        write_manifest(store, name, manifest_bytes)
+        write_model(store, name, layers)
     log.info("created %s from a Modelfile (%d layers)", name, len(layers))
-    try:
-        return store.get(name)
-    except NotFound:  # pragma: no cover - just written
-        raise
+    return store.get(name)
+
+
+_KIND_ORDER = [mf.MODEL, mf.PROJECTOR, mf.ADAPTER, mf.TEMPLATE, mf.SYSTEM, mf.PARAMS, mf.MESSAGES, mf.LICENSE]
+
+
+def write_model(store: Store, name: ModelName, layers: list[mf.Layer]) -> Digest:
+    """Write the manifest of ``name`` for ``layers`` (blobs already in the store), in Ollama's
+    kind order, taking the template from the model GGUF's chat template when none is given;
+    return the config blob's digest.  The caller holds the store lock."""
+    def rank(layer: mf.Layer) -> int:
+        return _KIND_ORDER.index(layer.kind) if layer.kind in _KIND_ORDER else len(_KIND_ORDER)
+
+    layers = sorted(layers, key=rank)  # stable: licenses and the like keep their order
+    if not any(layer.kind == mf.TEMPLATE for layer in layers):
+        model = next((layer for layer in layers if layer.kind == mf.MODEL), None)
+        derived = template_from_gguf(store, model) if model is not None else None
+        if derived is not None:
+            layers = sorted([*layers, derived], key=rank)
+    config_bytes, manifest_bytes = build_manifest(layers, {"model_format": "gguf", "os": "linux", "architecture": "amd64"})
+    config, _ = ingest_bytes(store, config_bytes)
+    write_manifest(store, name, manifest_bytes)
+    return config
 
 
 def template_from_gguf(store: Store, model: mf.Layer) -> mf.Layer | None:

@@ -898,22 +898,9 @@ class FileSystem:
             return False
 
     def _write_copied(self, name: ModelName, files: dict[str, mf.Layer | None]) -> Digest:
-        from ..store.ingest import build_manifest, ingest_bytes, write_manifest
+        from ..store.create import write_model
 
-        from ..store.create import template_from_gguf
-
-        order = [mf.MODEL, mf.PROJECTOR, mf.ADAPTER, mf.TEMPLATE, mf.SYSTEM, mf.PARAMS, mf.MESSAGES, mf.LICENSE]
-        layers = sorted((lay for n, lay in files.items() if lay is not None and not n.startswith("\0")),
-                        key=lambda lay: (order.index(lay.kind), lay.digest.hex))
-        if not any(lay.kind == mf.TEMPLATE for lay in layers):  # a GGUF alone: Ollama's template for it
-            model = next(lay for lay in layers if lay.kind == mf.MODEL)
-            derived = template_from_gguf(self.store, model)
-            if derived is not None:
-                layers.insert(1, derived)
-        config, manifest = build_manifest(layers, {"model_format": "gguf", "os": "linux", "architecture": "amd64"})
-        digest, _ = ingest_bytes(self.store, config)
-        write_manifest(self.store, name, manifest)
-        return digest
+        return write_model(self.store, name, [lay for n, lay in files.items() if lay is not None and not n.startswith("\0")])
 
     async def _apply_draft(self, handle: _Handle) -> None:
         from ..store.create import caller_cwd, create_from_modelfile

@@ -30,26 +30,15 @@ from ollamafs.store.ingest import build_manifest, create_model, ingest_bytes, wr
 from ollamafs.store.manifest import OLLAMA_PREFIX, Layer, parse_manifest
 from ollamafs.store.store import Store
 
-try:
-    from .registry_fixtures import (  # noqa: F401 - fixtures
-        Fault,
-        FaultProxy,
-        RegistryServer,
-        fault_proxy,
-        log_allow,
-        free_port,
-        registry_server,
-    )
-except ImportError:  # tests/ is not a package: pytest puts this directory on sys.path
-    from registry_fixtures import (  # type: ignore[no-redef]  # noqa: F401
-        Fault,
-        FaultProxy,
-        RegistryServer,
-        fault_proxy,
-        log_allow,
-        free_port,
-        registry_server,
-    )
+from tests.integration.registry_fixtures import (  # noqa: F401 - fixtures
+    Fault,
+    FaultProxy,
+    RegistryServer,
+    fault_proxy,
+    log_allow,
+    free_port,
+    registry_server,
+)
 
 pytestmark = pytest.mark.registry
 

@@ -33,30 +33,17 @@ from ollamafs.registry import (
     RegistryUnreachable,
 )
 
-try:
-    from .registry_fixtures import (  # noqa: F401 - fixtures
-        Fault,
-        FaultProxy,
-        RegistryServer,
-        SeededModel,
-        fault_proxy,
-        log_allow,
-        free_port,
-        registry_server,
-        seed_model,
-    )
-except ImportError:  # tests/ is not a package: pytest puts this directory on sys.path
-    from registry_fixtures import (  # type: ignore[no-redef]  # noqa: F401
-        Fault,
-        FaultProxy,
-        RegistryServer,
-        SeededModel,
-        fault_proxy,
-        log_allow,
-        free_port,
-        registry_server,
-        seed_model,
-    )
+from tests.integration.registry_fixtures import (  # noqa: F401 - fixtures
+    Fault,
+    FaultProxy,
+    RegistryServer,
+    SeededModel,
+    fault_proxy,
+    log_allow,
+    free_port,
+    registry_server,
+    seed_model,
+)
 
 pytestmark = pytest.mark.registry
 
