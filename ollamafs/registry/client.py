@@ -51,6 +51,7 @@ from .auth import (
     parse_challenges,
     token_url,
 )
+from .bodies import BodyPool
 from .errors import (
     AuthError,
     InsecureRefused,
@@ -184,6 +185,7 @@ class RegistryClient:
         self._sync: httpx.Client | None = None
         self._sync_lock = threading.Lock()  # worker threads create it lazily, exactly once
         self.threaded_bodies = transport is None  # a mocked transport keeps everything async
+        self.bodies = BodyPool(user_agent=user_agent, trust_env=trust_env)  # part bodies (see .bodies)
         self._tokens: dict[tuple[str, str, str], _Token] = {}
         self._token_locks: dict[tuple[str, str, str], trio.Lock] = {}
         self._repo_auth: dict[tuple[tuple[str, str, int | None], str], tuple[str, str, str]] = {}
@@ -192,6 +194,7 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        self.bodies.close()
         with self._sync_lock:
             if self._sync is not None:
                 self._sync.close()

@@ -29,20 +29,32 @@ mismatch deletes the data and the part files, logs one ERROR with both digests a
 :class:`DigestMismatch`; nothing unverified ever gets the final name.  Other failures leave the
 partial files for the next pull to resume.
 
+Downloads pause while more than ``hash_lead`` bytes of the finished prefix wait to be hashed: on
+a link faster than sha256 (a LAN, loopback) the download threads would otherwise take the CPU
+and leave most of the hashing for after the last byte, with one core idle.
+
+Between the match and the rename (the fsync of a large file takes a while) the verified bytes can
+already be read: :meth:`BlobPuller.verified` tells when, and :meth:`BlobPuller.open_verified`
+opens them.  The store itself only gets the blob, under its final name, once it is durable.
+
 One download per digest at a time: a second ``pull`` of a digest already in flight waits for the
 first one and shares its outcome (if the first caller is cancelled, a waiter takes over).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import ctypes
 import errno
 import hashlib
+import http.client
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -52,6 +64,7 @@ import trio
 
 from ..errors import NotFound, OllamaFSError
 from ..names import Digest, ModelName
+from . import bodies
 from .client import RegistryClient
 from .errors import (
     AuthError,
@@ -77,6 +90,7 @@ SLOW_RATE = 64 * MB  # bytes/s per connection below which more connections are o
 WRITE_SIZE = 1 << 20
 HASH_CHUNK = 4 << 20
 HASH_STEP = 64 << 20  # bytes hashed per worker-thread call while downloading
+HASH_LEAD = 64 << 20  # how far ahead of the hasher a download may write
 _MAX_IOV = 512  # well below IOV_MAX (1024 on Linux)
 
 T = TypeVar("T")
@@ -160,6 +174,10 @@ class _Download:
         self.fetched = 0
         self.state = "downloading"
         self.progressed = trio.Event()  # set whenever some part's completed mark moves
+        self.verified = trio.Event()  # the data file holds exactly the blob (being stored now)
+        self.fd = -1  # the data file, while verified and not yet stored
+        self.hasher: _PrefixHasher | None = None
+        self.verified_at = 0.0
         self.started = trio.current_time()
         self._interval = report_interval
         self._last_report = -1e9
@@ -213,6 +231,8 @@ class BlobPuller:
         progress_interval: float = 0.1,
         io_threads: int = 8,
         hash_threads: int = 2,
+        hash_lead: int = HASH_LEAD,
+        raw_bodies: bool = True,
     ) -> None:
         if parts < 1 or min_part_size < 1 or max_part_size < min_part_size or max_retries < 1:
             raise ValueError("bad part or retry settings")
@@ -229,6 +249,8 @@ class BlobPuller:
         self.write_size = write_size
         self.checkpoint_interval = checkpoint_interval
         self.progress_interval = progress_interval
+        self.hash_lead = hash_lead
+        self.raw_bodies = raw_bodies  # part bodies through .bodies (False: all through httpx)
         self._io = trio.CapacityLimiter(io_threads)
         self._hash = trio.CapacityLimiter(hash_threads)
         self._inflight: dict[Digest, _Download] = {}
@@ -257,6 +279,29 @@ class BlobPuller:
 
     def in_flight(self) -> list[Digest]:
         return list(self._inflight)
+
+    async def verified(self, digest: Digest) -> bool:
+        """Wait until the download of ``digest`` in flight has verified its bytes (True), or has
+        ended without doing so (False).  False at once if none is in flight."""
+        dl = self._inflight.get(digest)
+        if dl is None:
+            return False
+        async with trio.open_nursery() as nursery:
+            async def first(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, dl.verified)
+            nursery.start_soon(first, dl.done)
+        return dl.verified.is_set() and dl.error is None
+
+    def open_verified(self, digest: Digest) -> int | None:
+        """A new read-only descriptor on a blob verified but still being stored (fsync, rename),
+        or None.  It reads the same file, under whichever name it has by then."""
+        dl = self._inflight.get(digest)
+        if dl is None or dl.fd < 0:
+            return None
+        return os.open(f"/proc/self/fd/{dl.fd}", os.O_RDONLY | os.O_CLOEXEC)
 
     async def pull(
         self,
@@ -343,7 +388,7 @@ class BlobPuller:
         dl.report(force=True)
 
         fd = await self._thread(self._open_data, digest, total)
-        hasher = _PrefixHasher(fd, parts)
+        hasher = dl.hasher = _PrefixHasher(fd, parts)
         try:
             if not all(p.done for p in parts):
                 if parts:
@@ -358,11 +403,13 @@ class BlobPuller:
             await self._verify_and_commit(dl, digest, fd, hasher, total, parts)
             t_end = trio.current_time()
             log.info(
-                "pulled blob %s: %d bytes in %.2f s (download %.2f s, then verify+commit %.2f s; %d%% hashed during download)",
-                digest.short, total, t_end - dl.started, t_downloaded - dl.started, t_end - t_downloaded,
-                100 * hashed_ahead // max(total, 1),
+                "pulled blob %s: %d bytes in %.2f s (downloaded at %.2f s, %d%% of it hashed by then; "
+                "verified at %.2f s; stored at %.2f s)",
+                digest.short, total, t_end - dl.started, t_downloaded - dl.started, 100 * hashed_ahead // max(total, 1),
+                dl.verified_at - dl.started, t_end - dl.started,
             )
         finally:
+            dl.fd = -1
             os.close(fd)
 
     def _plan(self, total: int) -> list[PartState]:
@@ -390,42 +437,52 @@ class BlobPuller:
         # Start with few connections so parts finish roughly in offset order and the prefix
         # hasher keeps pace; add connections while each one is slow (a network-bound link,
         # where Ollama's 16 parallel parts pay off).  On a fast link two already saturate the
-        # CPU, and more would only push hashing to the end.
-        limiter = trio.CapacityLimiter(min(self.concurrency, INITIAL_CONNECTIONS))
+        # CPU, and more would only push hashing to the end.  Each connection takes the next
+        # part in offset order from one queue (trio starts tasks in no set order, so one task
+        # per part would not).
+        queue = collections.deque(p for p in parts if not p.done)
+        connections = 0
 
-        async def run_part(part: PartState, cancel: trio.CancelScope) -> None:
-            async with limiter:
+        async def connection(cancel: trio.CancelScope) -> None:
+            while queue:
+                part = queue.popleft()
                 try:
                     await self._download_part(dl, name, digest, fd, url, part)
                 except (OllamaFSError, OSError) as exc:
                     failures.append(exc)
                     cancel.cancel()
+                    return
+
+        async def scale(nursery: trio.Nursery) -> None:
+            """Every second, add connections (up to ``concurrency``) while each is slow."""
+            nonlocal connections
+            last = dl.fetched
+            while connections < self.concurrency and queue:
+                await trio.sleep(1.0)
+                rate = (dl.fetched - last) / connections
+                last = dl.fetched
+                if rate < SLOW_RATE:
+                    more = min(self.concurrency, connections * 2) - connections
+                    for _ in range(min(more, len(queue))):
+                        nursery.start_soon(connection, nursery.cancel_scope)
+                        connections += 1
+                    log.debug("%s: %.1f MB/s per connection; now %d connections", dl.digest.short, rate / 1e6,
+                              connections)
 
         async with trio.open_nursery() as outer:
             outer.start_soon(self._hash_behind, dl, hasher)
-            outer.start_soon(self._scale_connections, dl, limiter)
             async with trio.open_nursery() as nursery:
-                for part in parts:  # in offset order: the limiter is FIFO, so are the parts
-                    if not part.done:
-                        nursery.start_soon(run_part, part, nursery.cancel_scope)
+                for _ in range(min(self.concurrency, INITIAL_CONNECTIONS, len(queue))):
+                    nursery.start_soon(connection, nursery.cancel_scope)
+                    connections += 1
+                if connections:
+                    outer.start_soon(scale, nursery)
             outer.cancel_scope.cancel()
         if failures:
             exc = failures[0]
             if isinstance(exc, OSError):
                 raise BlobWriteError(f"writing blob {digest.short}: {exc.strerror or exc}", err=exc.errno) from exc
             raise exc
-
-    async def _scale_connections(self, dl: _Download, limiter: trio.CapacityLimiter) -> None:
-        """Every second, add connections (up to ``concurrency``) while each carries < SLOW_RATE."""
-        last = dl.fetched
-        while limiter.total_tokens < self.concurrency:
-            await trio.sleep(1.0)
-            rate = (dl.fetched - last) / max(1, limiter.borrowed_tokens)
-            last = dl.fetched
-            if rate < SLOW_RATE and limiter.statistics().tasks_waiting:
-                limiter.total_tokens = min(self.concurrency, limiter.total_tokens * 2)
-                log.debug("%s: %.1f MB/s per connection; now %d connections", dl.digest.short, rate / 1e6,
-                          limiter.total_tokens)
 
     async def _hash_behind(self, dl: _Download, hasher: _PrefixHasher) -> None:
         """Hash the finished prefix of the file while the rest downloads (cancelled at the end).
@@ -549,58 +606,66 @@ class BlobPuller:
                 await self._thread(self._write_part, digest, part)
 
     def _fetch_part(self, url, auth, digest, fd, part, dl, stop, token) -> None:
-        """Worker thread: GET the part's remaining range and pwrite it; update progress."""
-        http = self.client.body_client(self.stall_timeout)
+        """Worker thread: GET the part's remaining range and pwrite it; update progress.
+
+        The body comes through :mod:`.bodies` (read into one reusable buffer) when the URL is
+        reached directly, through httpx's sync client when a proxy is configured for it.
+        """
         headers = {"Range": f"bytes={part.start}-{part.end - 1}", "Accept-Encoding": "identity"}
         if auth:
             headers["Authorization"] = auth
-        last_checkpoint = time.monotonic()
         unreported = 0
+
+        def body(status: int, header: Callable[[str], str | None], read: bytes) -> None:
+            """Check the answer's status and range before a byte of it is used."""
+            if status >= 400:
+                detail = read.decode(errors="replace").strip()
+                if status == 404:
+                    raise RegistryNotFound(f"blob {digest} not found ({url})", url=url)
+                if status in (401, 403):
+                    raise AuthError(f"blob {digest}: access denied, HTTP {status}", status=status, body=read)
+                raise RegistryError(f"blob {digest}: HTTP {status} from {url}: {detail}", status=status, body=read,
+                                    url=url)
+            if status != 206:
+                if not (status == 200 and part.start == 0):
+                    raise RegistryError(f"GET {url}: HTTP {status} for a range request", status=status, url=url)
+            else:
+                got = header("content-range") or ""
+                if not got.startswith(f"bytes {part.start}-"):
+                    raise TransferError(f"GET {url}: Content-Range {got!r} for bytes {part.start}-", url=url)
+
+        def write(chunks: Iterator[bytes | memoryview]) -> None:
+            """pwrite each chunk as read; bytes before a break still count."""
+            nonlocal unreported
+            want = part.end - part.start
+            last_checkpoint = time.monotonic()
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                chunk = chunk[: part.end - part.start]
+                if dl.hasher is not None and not dl.hasher.wait_room(self.hash_lead, stop):
+                    return
+                _pwritev_all(fd, [chunk], part.start)
+                part.completed += len(chunk)  # only now, with the bytes in the file, they count
+                unreported += len(chunk)
+                if unreported >= TOUCH_BYTES or part.done:  # a trip to trio costs ~50 µs
+                    trio.from_thread.run_sync(dl.touch, unreported, trio_token=token)
+                    unreported = 0
+                now = time.monotonic()
+                if now - last_checkpoint >= self.checkpoint_interval:
+                    last_checkpoint = now
+                    self._write_part(digest, part)
+                if part.done:
+                    return
+            if part.end - part.start > 0:
+                raise TransferError(f"{url}: body ended after {want - (part.end - part.start)} of {want} bytes",
+                                    url=url)
+
         try:
-            with http.stream("GET", url, headers=headers) as resp:
-                if resp.status_code >= 400:
-                    body = resp.read()[:4096]
-                    detail = body.decode(errors="replace").strip()
-                    if resp.status_code == 404:
-                        raise RegistryNotFound(f"blob {digest} not found ({url})", url=url)
-                    if resp.status_code in (401, 403):
-                        raise AuthError(f"blob {digest}: access denied, HTTP {resp.status_code}",
-                                        status=resp.status_code, body=body)
-                    raise RegistryError(f"blob {digest}: HTTP {resp.status_code} from {url}: {detail}",
-                                        status=resp.status_code, body=body, url=url)
-                if resp.status_code != 206:
-                    if not (resp.status_code == 200 and part.start == 0):
-                        raise RegistryError(f"GET {url}: HTTP {resp.status_code} for a range request",
-                                            status=resp.status_code, url=url)
-                else:
-                    got = resp.headers.get("content-range", "")
-                    if not got.startswith(f"bytes {part.start}-"):
-                        raise TransferError(f"GET {url}: Content-Range {got!r} for bytes {part.start}-", url=url)
-                want = part.end - part.start
-                unreported = 0
-                for chunk in resp.iter_raw():  # as read: bytes before a break still count
-                    if stop.is_set():
-                        return
-                    chunk = chunk[: part.end - part.start]
-                    _pwritev_all(fd, [chunk], part.start)
-                    part.completed += len(chunk)  # only now, with the bytes in the file, they count
-                    unreported += len(chunk)
-                    if unreported >= TOUCH_BYTES or part.done:  # a trip to trio costs ~50 µs
-                        trio.from_thread.run_sync(dl.touch, unreported, trio_token=token)
-                        unreported = 0
-                    now = time.monotonic()
-                    if now - last_checkpoint >= self.checkpoint_interval:
-                        last_checkpoint = now
-                        self._write_part(digest, part)
-                    if part.done:
-                        return
-                if part.end - part.start > 0:
-                    raise TransferError(f"{url}: body ended after {want - (part.end - part.start)} of {want} bytes",
-                                        url=url)
-        except httpx.ReadTimeout:
-            raise _Stalled() from None
-        except httpx.TransportError as exc:
-            raise TransferError(f"{url}: body broke off: {type(exc).__name__}: {exc}", url=url) from exc
+            if self.raw_bodies and self.client.bodies.direct(url):
+                self._fetch_raw(url, headers, body, write)
+            else:
+                self._fetch_httpx(url, headers, body, write)
         except trio.RunFinishedError:
             return
         finally:
@@ -609,6 +674,38 @@ class BlobPuller:
                     trio.from_thread.run_sync(dl.touch, unreported, trio_token=token)
                 except trio.RunFinishedError:
                     pass
+
+    def _fetch_raw(self, url: str, headers: dict[str, str], body, write) -> None:
+        buf = memoryview(bytearray(self.write_size))
+
+        def net(fn: Callable[[], T]) -> T:
+            """Network errors as the retry policy knows them (a disk error stays an OSError)."""
+            try:
+                return fn()
+            except TimeoutError:
+                raise _Stalled() from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransferError(f"GET {url}: {type(exc).__name__}: {exc}", url=url) from exc
+
+        def chunks(resp: bodies.Response) -> Iterator[memoryview]:
+            while n := net(lambda: resp.readinto(buf)):
+                yield buf[:n]  # written before the next read refills the buffer
+
+        with contextlib.ExitStack() as stack:
+            resp = net(lambda: stack.enter_context(self.client.bodies.get(url, headers, self.stall_timeout)))
+            body(resp.status, resp.headers.get, net(lambda: resp.read(4096)) if resp.status >= 400 else b"")
+            write(chunks(resp))
+
+    def _fetch_httpx(self, url: str, headers: dict[str, str], body, write) -> None:
+        http = self.client.body_client(self.stall_timeout)
+        try:
+            with http.stream("GET", url, headers=headers) as resp:
+                body(resp.status_code, resp.headers.get, resp.read()[:4096] if resp.status_code >= 400 else b"")
+                write(resp.iter_raw())
+        except httpx.ReadTimeout:
+            raise _Stalled() from None
+        except httpx.TransportError as exc:
+            raise TransferError(f"{url}: body broke off: {type(exc).__name__}: {exc}", url=url) from exc
 
     async def _with_retries(self, digest: Digest, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run a small request with the part retry policy (and the stall timeout as a deadline)."""
@@ -648,6 +745,11 @@ class BlobPuller:
                 f"digest mismatch for blob {digest}: downloaded bytes hash to sha256:{actual_hex} "
                 f"({actual_size} bytes); file must be downloaded again"
             )
+        # Readers may have these bytes now (open_verified); the store gets them once durable.
+        dl.fd = fd
+        dl.verified_at = trio.current_time()
+        dl.verified.set()
+        dl.report("storing")
         await self._thread(self._commit, digest, fd, len(parts))
         log.debug("blob %s verified and stored", digest.short)
 
@@ -720,12 +822,8 @@ class BlobPuller:
 
     def _commit(self, digest: Digest, fd: int, nparts: int) -> None:
         os.fsync(fd)
-        # The download wrote the blob once and the hasher read it once; whoever reads it next
-        # (a FUSE reader, whose pages the kernel caches on the mount's side, or llama.cpp's
-        # mmap) reads it from disk.  Keeping these pages too would hold every pulled byte
-        # twice in memory and push other files out of the cache (scripts/bench: a cp of a
-        # 1 GiB pull through the mount went from 4.7 s to 3.0 s).
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        # The pages stay cached: a reader through the mount may be reading them right now
+        # (open_verified).  The mount drops what it has served (vfs.fs, read).
         os.rename(self.partial_path(digest), self.blob_path(digest))
         for n in range(nparts):
             _unlink(self.part_path(digest, n))
@@ -823,6 +921,25 @@ class _PrefixHasher:
         self.parts = parts  # in offset order
         self.h = hashlib.sha256()
         self.pos = 0
+        self._moved = threading.Condition()
+
+    def wait_room(self, lead: int, stop: threading.Event) -> bool:
+        """Block a download thread while more than ``lead`` bytes of the finished prefix wait to
+        be hashed; False if told to stop meanwhile.  Parts further on are not held back by
+        their distance alone: on a slow link, many connections are what makes a pull fast."""
+        with self._moved:
+            while self.frontier() - self.pos > lead:
+                if stop.is_set():
+                    return False
+                self._moved.wait(0.5)
+        return not stop.is_set()
+
+    def _update(self, data: bytes) -> None:
+        self.h.update(data)
+        _start_writeback(self.fd, self.pos, len(data))
+        with self._moved:
+            self.pos += len(data)
+            self._moved.notify_all()
 
     def frontier(self) -> int:
         """End of the contiguous prefix of written bytes."""
@@ -838,8 +955,7 @@ class _PrefixHasher:
             data = os.pread(self.fd, min(HASH_CHUNK, stop - self.pos), self.pos)
             if not data:
                 break
-            self.h.update(data)
-            self.pos += len(data)
+            self._update(data)
 
     def finish(self) -> tuple[str, int]:
         """Hash the rest of the file up to its end; return the hex digest and the file's length."""
@@ -847,8 +963,21 @@ class _PrefixHasher:
             data = os.pread(self.fd, HASH_CHUNK, self.pos)
             if not data:
                 return self.h.hexdigest(), self.pos
-            self.h.update(data)
-            self.pos += len(data)
+            self._update(data)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing hashed bytes to disk now (sync_file_range(2), no waiting), so that the
+    fsync before the rename has little left to do."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # advisory: errors are fsync's
 
 
 def _unlink(path: Path) -> None:

@@ -281,6 +281,7 @@ class RequestRecord:
     authorization: str | None
     status: int = 0
     fault: str | None = None
+    conn: int = 0  # serial number of the client connection it came on (keep-alive reuse)
 
 
 @dataclass
@@ -308,6 +309,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
+        self._serial = 0
         self._servers: list[ThreadingHTTPServer] = []
         self._threads: list[threading.Thread] = []
         self.url = self.alt_url = self.host = self.alt_host = ""
@@ -427,6 +429,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.proxy._lock:
             self.server.proxy._conns.add(self.connection)
+            self.server.proxy._serial += 1
+            self.serial = self.server.proxy._serial
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
@@ -453,7 +457,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         path = self.path
-        rec = RequestRecord(listener, self.command, path, self.headers.get("Range"), self.headers.get("Authorization"))
+        rec = RequestRecord(listener, self.command, path, self.headers.get("Range"), self.headers.get("Authorization"),
+                            conn=self.serial)
         with proxy._lock:
             proxy.requests.append(rec)
 

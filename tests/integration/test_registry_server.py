@@ -13,6 +13,8 @@ import re
 import signal
 import subprocess
 import sys
+import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -456,3 +458,192 @@ def test_part_json_files_are_ollamas(fault_proxy: FaultProxy, seeded: SeededMode
     assert set(completed[:-1]) <= {0, 10 * KiB} and 10 * KiB in completed
     assert completed[-1] in (0, MODEL_SIZE % PART)
     assert (tmp_path / digest.partial_filename).stat().st_size == MODEL_SIZE
+
+
+# -- the two body paths, part order, keep-alive (registry/bodies.py) ----------------------------
+
+
+@pytest.mark.parametrize("raw_bodies", [True, False], ids=["stdlib-bodies", "httpx-bodies"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("truncate", after=100 * KiB, times=2),
+        Fault("reset", after=200 * KiB, times=2),
+        Fault("stall", after=64 * KiB, seconds=8.0, times=1),
+        Fault("status", status=503, times=2, skip=1),
+    ],
+    ids=lambda f: f.kind,
+)
+def test_body_faults_on_either_body_path(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path, raw_bodies: bool, fault: Fault
+) -> None:
+    """Part bodies come through http.client's readinto when the registry is reached directly,
+    through httpx when a proxy is configured: both recover from the same faults."""
+    fault = fault_proxy.add(Fault(fault.kind, after=fault.after, times=fault.times, skip=fault.skip,
+                                  status=fault.status, seconds=fault.seconds))
+    path = pull(fault_proxy.host, seeded, tmp_path, raw_bodies=raw_bodies, stall_timeout=0.5)
+    assert fault.fired == fault.times
+    assert path.read_bytes() == seeded.blobs[seeded.model_digest]
+    assert_nothing_unverified(tmp_path, seeded)
+
+
+@pytest.mark.parametrize("raw_bodies", [True, False], ids=["stdlib-bodies", "httpx-bodies"])
+def test_corrupt_body_on_either_body_path(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path, raw_bodies: bool, log_allow: list[str]
+) -> None:
+    log_allow.append("digest mismatch")
+    fault_proxy.add(Fault("corrupt", after=5000, times=1))
+    with pytest.raises(DigestMismatch):
+        pull(fault_proxy.host, seeded, tmp_path, raw_bodies=raw_bodies)
+    assert os.listdir(tmp_path) == []
+    assert pull(fault_proxy.host, seeded, tmp_path, raw_bodies=raw_bodies).read_bytes() == \
+        seeded.blobs[seeded.model_digest]
+
+
+def test_parts_are_fetched_in_offset_order_on_kept_alive_connections(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path
+) -> None:
+    """Connections take parts from one queue in offset order (the prefix hasher follows the
+    first part, not whichever part trio happened to start first), and reuse their connection."""
+    for _ in range(3):
+        fault_proxy.requests.clear()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        pull(fault_proxy.host, seeded, tmp_path)
+        parts = [r for r in fault_proxy.blob_requests() if r.range and r.range != "bytes=0-0"]
+        starts = [int(r.range.removeprefix("bytes=").partition("-")[0]) for r in parts]
+        assert len(starts) == NPARTS
+        assert sorted(starts[:INITIAL_CONNECTIONS]) == [n * PART for n in range(INITIAL_CONNECTIONS)]
+        # each connection asks in offset order; the connections interleave
+        assert all(abs(starts.index(n * PART) - n) < INITIAL_CONNECTIONS for n in range(NPARTS))
+        assert len({r.conn for r in parts}) <= INITIAL_CONNECTIONS + 1  # (the probe's may be reused too)
+
+
+def test_redirected_part_drops_credentials_for_another_origin(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path
+) -> None:
+    """A part GET answered with a redirect is followed by the body pool itself; the registry's
+    token does not go to the other origin."""
+    fault_proxy.require_bearer("tok-9")
+    fault = fault_proxy.add(Fault("redirect", times=None, skip=1))  # the probe is not redirected
+    path = pull(fault_proxy.host, seeded, tmp_path)
+    assert path.read_bytes() == seeded.blobs[seeded.model_digest]
+    assert fault.fired == NPARTS
+    alt = fault_proxy.blob_requests("alt")
+    assert len(alt) == NPARTS and all(r.authorization is None for r in alt)
+    main = [r for r in fault_proxy.blob_requests("main") if r.status == 307]
+    assert all(r.authorization == "Bearer tok-9" for r in main)
+
+
+def test_body_pool_is_used_only_without_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollamafs.registry.bodies import BodyPool
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy",
+                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    pool = BodyPool(user_agent="t")
+    assert pool.direct("https://registry.example/v2/x/blobs/sha256:00")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert not pool.direct("https://registry.example/v2/x")
+    assert pool.direct("http://registry.example/v2/x")  # only https goes through that proxy
+    monkeypatch.setenv("no_proxy", "registry.example")
+    assert pool.direct("https://registry.example/v2/x")
+    assert not pool.direct("https://cdn.example/blob")
+    assert BodyPool(user_agent="t", trust_env=False).direct("https://cdn.example/blob")
+
+
+# -- serving verified bytes while the blob is being stored (pulls.open_verified) ----------------
+
+
+def test_verified_bytes_are_readable_before_the_blob_is_stored(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path
+) -> None:
+    """open_verified hands out a descriptor once the sha256 matched, while fsync and rename
+    still run; the blob and then the manifest reach the store afterwards, in that order."""
+    from ollamafs.pulls import PullManager
+    from ollamafs.store import Store
+
+    store = Store(tmp_path)
+    digest = model_digest(seeded)
+    name = name_at(fault_proxy.host, seeded)
+    release = threading.Event()
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        async with client() as c:
+            p = puller(c, store.blobs_dir)
+            commit = p._commit
+
+            def slow_commit(d: Digest, fd: int, nparts: int) -> None:
+                if d == digest:
+                    assert release.wait(30)
+                commit(d, fd, nparts)
+
+            p._commit = slow_commit  # type: ignore[method-assign]
+            pulls = PullManager(store, c, p)
+            async with trio.open_nursery() as nursery:
+                pulls.attach(nursery)
+                record = await pulls.remote(name)
+                for layer in record.manifest.all_blobs():  # the other layers first (config, template)
+                    if layer.digest != digest:
+                        await pulls.ensure_blob(name, layer.digest, layer.size)
+                fd = await pulls.open_verified(record, digest, MODEL_SIZE)
+                assert fd is not None
+                try:
+                    seen["bytes"] = os.pread(fd, MODEL_SIZE + 1, 0)
+                finally:
+                    os.close(fd)
+                seen["final_before"] = store.blob_path(digest).exists()
+                seen["manifest_before"] = store.manifest_path(name).exists()
+                seen["partial_before"] = (store.blobs_dir / digest.partial_filename).exists()
+                release.set()
+                await pulls.stored(digest, record)
+                seen["manifest_after"] = store.manifest_path(name).exists()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen["bytes"] == seeded.blobs[seeded.model_digest]
+    assert seen["final_before"] is False and seen["manifest_before"] is False and seen["partial_before"] is True
+    assert seen["manifest_after"] is True
+    assert store.blob_path(digest).read_bytes() == seeded.blobs[seeded.model_digest]
+    assert_nothing_unverified(store.blobs_dir, seeded)
+
+
+def test_prefix_hasher_holds_downloads_back(tmp_path: Path) -> None:
+    """Downloads wait while more than hash_lead bytes of the finished prefix are unhashed."""
+    import threading as th
+
+    from ollamafs.registry.puller import PartState, _PrefixHasher
+
+    data = os.urandom(4 * 1024 * KiB)
+    f = tmp_path / "d"
+    f.write_bytes(data)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        parts = [PartState(0, 0, len(data), completed=3 * 1024 * KiB), PartState(1, len(data), 0)]
+        h = _PrefixHasher(fd, parts)
+        stop = th.Event()
+        released = th.Event()
+
+        def download() -> None:
+            if h.wait_room(1024 * KiB, stop):
+                released.set()
+
+        t = th.Thread(target=download)
+        t.start()
+        assert not released.wait(0.3)  # 3 MiB unhashed > 1 MiB lead
+        h.advance(1024 * KiB)
+        assert not released.wait(0.3)  # still 2 MiB
+        h.advance(1024 * KiB)
+        assert released.wait(5)  # 1 MiB left: room again
+        t.join()
+        assert h.pos == 2 * 1024 * KiB
+        # a stop request ends a wait too
+        parts[0].completed = len(data)
+        stopped = th.Thread(target=lambda: seen.append(h.wait_room(0, stop)))
+        seen: list[bool] = []
+        stopped.start()
+        stop.set()
+        stopped.join(5)
+        assert seen == [False]
+    finally:
+        os.close(fd)
