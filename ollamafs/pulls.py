@@ -39,6 +39,8 @@ class _Job:
     digest: Digest
     size: int
     done: trio.Event = field(default_factory=trio.Event)
+    verified: trio.Event = field(default_factory=trio.Event)  # set when the bytes check out
+    records: list[ModelRecord] = field(default_factory=list)  # to commit once the blob is stored
     error: OllamaFSError | None = None
     progress: PullProgress | None = None
     started: float = field(default_factory=time.time)
@@ -109,6 +111,47 @@ class PullManager:
         """Make the blob local and verified, pulling it if needed; readers wait for it."""
         if self.store.blob_size(digest) == size:
             return
+        job = await self._start(name, digest, size)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+
+    async def open_verified(self, record: ModelRecord, digest: Digest, size: int) -> int | None:
+        """Like :meth:`ensure_blob`, but return as soon as the blob's bytes are verified.
+
+        While the puller still makes the blob durable (fsync, rename), the result is a new
+        read-only descriptor on those verified bytes, which the caller owns; the pull then goes
+        on to store the blob and to commit ``record`` if that completes it, and :meth:`stored`
+        waits for that.  None: the blob is in the store.
+        """
+        if self.store.blob_size(digest) == size:
+            return None
+        job = await self._start(record.name, digest, size)
+        job.records.append(record)
+        await _first(job.verified, job.done)
+        if not job.done.is_set():
+            fd = self.puller.open_verified(digest)
+            if fd is not None:
+                return fd
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return None
+
+    async def stored(self, digest: Digest, record: ModelRecord | None = None) -> None:
+        """Wait until a pull of ``digest`` in flight has stored the blob (raise its error), then
+        commit ``record``'s manifest if that made the model complete."""
+        job = self._jobs.get(digest)
+        if job is not None:
+            await job.done.wait()
+            if job.error is not None:
+                raise job.error
+        if record is not None:
+            await self.commit_if_complete(record)
+
+    async def _start(self, name: ModelName, digest: Digest, size: int) -> _Job:
+        """The job pulling ``digest``, started if there is none: in the mount's nursery, or
+        (without one: the command line) here, to the end."""
         job = self._jobs.get(digest)
         if job is None:
             job = self._jobs[digest] = _Job(name, digest, size)
@@ -116,16 +159,21 @@ class PullManager:
                 self._nursery.start_soon(self._run_job, job)
             else:
                 await self._run_job(job)
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
+        return job
 
     async def _run_job(self, job: _Job) -> None:
         def progress(p: PullProgress) -> None:
             job.progress = p
+            if p.state == "storing":
+                job.verified.set()
 
         try:
             await self.puller.pull(job.name, job.digest, size=job.size, scheme=self.scheme, progress=progress)
+            for record in job.records:  # readers that did not wait for the store
+                try:
+                    await self.commit_if_complete(record)
+                except OllamaFSError as exc:
+                    log.error("storing the manifest of %s failed: %s", record.name, exc)
         except OllamaFSError as exc:
             log.error("pull of blob %s of %s failed: %s", job.digest, job.name, exc)
             job.error = exc
@@ -235,3 +283,16 @@ class PullManager:
             on_progress(total, total)
         await self.commit_if_complete(record)
         return record.manifest
+
+
+async def _first(*events: trio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    if any(e.is_set() for e in events):
+        return
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FOLIO_MAX = 2 << 20  # the largest page-cache folio on x86-64 and arm64 (4 KiB pages): PMD size
+
 ROOT_INO = 1
 DIR, MODEL_DIR, FILE = "dir", "model", "file"
 
@@ -177,6 +179,7 @@ class _Handle:
     upload: Path | None = None
     sink: bool = False  # generate copied by cp -r: written bytes are dropped
     copying: bool = False  # a Modelfile created as one of the files of a copy
+    storing: Digest | None = None  # a pulled blob read while still being stored
 
 
 @dataclass(slots=True)
@@ -519,10 +522,15 @@ class FileSystem:
             return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=False, direct_io=True)
         assert record is not None
         if spec.kind == layout.BLOB:
+            fd: int | None = None
             if record.remote is not None and self.pulls is not None:
-                await self.pulls.ensure_blob(record.name, spec.digest, spec.size)
-                await self.pulls.commit_if_complete(record)
-            fd = await self._run(self.store.open_blob, spec.digest)
+                # Served once verified; a close waits until the store has it (§Pulling).
+                fd = await self.pulls.open_verified(record, spec.digest, spec.size)
+                if fd is None:
+                    await self.pulls.commit_if_complete(record)
+            storing = fd is not None
+            if fd is None:
+                fd = await self._run(self.store.open_blob, spec.digest)
             size = os.fstat(fd).st_size
             if size != spec.size:
                 os.close(fd)
@@ -530,7 +538,8 @@ class FileSystem:
                     f"blob {spec.digest} is {size} bytes but the manifest of {record.name} says {spec.size}"
                 )
             node.size = size
-            return Opened(self._new_handle(_Handle(node, fd=fd)), keep_cache=True)
+            handle = _Handle(node, fd=fd, storing=spec.digest if storing else None)
+            return Opened(self._new_handle(handle), keep_cache=True)
         if spec.kind == layout.MANIFEST:
             data = await self._run(self.store.read_manifest_bytes, record)
             return Opened(self._new_handle(_Handle(node, data=data)), keep_cache=True)
@@ -549,8 +558,20 @@ class FileSystem:
         if handle.data is not None:
             return handle.data[offset : offset + size]
         if self.read_in_thread:
-            return await trio.to_thread.run_sync(os.pread, handle.fd, size, offset, limiter=self.limiter)
-        return os.pread(handle.fd, size, offset)
+            data = await trio.to_thread.run_sync(os.pread, handle.fd, size, offset, limiter=self.limiter)
+        else:
+            data = os.pread(handle.fd, size, offset)
+        if handle.node.spec is not None and handle.node.spec.kind == layout.BLOB:
+            # The kernel caches these bytes on the mount's side now (keep_cache): drop the
+            # store's copy, so a model read through the mount is held in memory once, not
+            # twice, and the pages go straight back to the allocator while a big file is read.
+            # The kernel only drops whole folios (up to 2 MiB, aligned) inside the range, so
+            # the range reaches back over the folio the previous read may have straddled.
+            # (Pages a pull is still writing back stay; see flush.)
+            start = max(0, (offset // FOLIO_MAX - 1) * FOLIO_MAX)
+            end = offset + len(data)
+            os.posix_fadvise(handle.fd, start, 0 if end >= handle.node.size else end - start, os.POSIX_FADV_DONTNEED)
+        return data
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
@@ -719,9 +740,16 @@ class FileSystem:
         return len(data)
 
     async def flush(self, fh: int) -> None:
-        """close(2) of a handle (or of a duplicate): submit a written prompt, or apply a
-        written Modelfile."""
+        """close(2) of a handle (or of a duplicate): submit a written prompt, apply a written
+        Modelfile, or wait for a pulled blob read before it was stored to be stored."""
         handle = self._handles.get(fh)
+        if isinstance(handle, _Handle) and handle.storing is not None and self.pulls is not None:
+            digest, handle.storing = handle.storing, None
+            await self.pulls.stored(digest, handle.node.record)  # cp ends with the model stored
+            # Pages that were still dirty when read were not dropped then (see read): the
+            # reader that pulled the blob is done, so drop the store's copy now.
+            await self._run(os.posix_fadvise, handle.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return
         if isinstance(handle, _Handle) and handle.upload is not None:
             os.close(handle.fd)
             handle.fd = -1

@@ -91,6 +91,24 @@ def test_read_pulls_verifies_and_commits(mount, fault_proxy, seeded, store):
     assert not [n for n in local_blobs(store.root) if "partial" in n]
 
 
+def test_close_of_a_pulled_layer_waits_for_the_store(mount, fault_proxy, seeded, store, tmp_path):
+    """§Pulling: a read gets the bytes once verified, while the blob is still being stored;
+    the close waits, so once cp returns the blob and (the model being complete) its manifest
+    are in the store."""
+    m = mount(PULL_OPTIONS)
+    d = model_dir(m, fault_proxy, seeded)
+    (d / "Modelfile").read_text()  # the small layers first
+    (d / "config.json").read_bytes()
+    manifest_path = store.root / "manifests" / fault_proxy.host / seeded.repo / seeded.tag
+    assert not manifest_path.exists()
+    subprocess.run(["cp", str(d / "model.gguf"), str(tmp_path / "copy")], check=True)
+    assert manifest_path.exists()  # no waiting: the close did
+    blob = store.root / "blobs" / f"sha256-{seeded.model_digest.split(':')[1]}"
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == seeded.model_digest.split(":")[1]
+    assert (tmp_path / "copy").read_bytes() == blob.read_bytes()
+    assert not [n for n in local_blobs(store.root) if "partial" in n]
+
+
 def test_unknown_tag_is_enoent_and_unreachable_is_eio(mount, fault_proxy, seeded):
     """§Remote models: unknown model or tag: ENOENT; unreachable registry: EIO naming host and cause."""
     m = mount(PULL_OPTIONS)
