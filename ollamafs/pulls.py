@@ -127,7 +127,8 @@ class PullManager:
         if self.store.blob_size(digest) == size:
             return None
         job = await self._start(record.name, digest, size)
-        job.records.append(record)
+        if all(r.name != record.name or r.manifest.digest != record.manifest.digest for r in job.records):
+            job.records.append(record)
         await _first(job.verified, job.done)
         if not job.done.is_set():
             fd = self.puller.open_verified(digest)

@@ -10,6 +10,7 @@
 4. A cold `cp` of the big blob's model.gguf through the mount from a local docker-registry vs
    `curl | tee FILE | openssl dgst -sha256` of the same bytes.  target: ratio <= 1.20;
    the daemon's peak RSS during that pull.                          target: < 200 MB
+   Both sides run alternately, each after a 3 s settle (see SETTLE), 5 times by default.
 5. Generation on Gemma 3 270M through `generate` vs llama-cpp-python in-process, same options:
    tokens/s ratio (target >= 0.95) and the added time to first token (target < 20 ms).
 
@@ -225,6 +226,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+# Seconds to wait before each timed pull run (both sides).  In a VM whose balloon reports free
+# memory back to the host (virtio_balloon free page reporting, after ~2 s), memory freed just
+# before a run (the previous run's output file) is cheap to reuse and memory reported back
+# costs a fault per page (here ~1.9 s per GiB): without a wait, whichever side happens to
+# start right after a free wins.  With it, both start from the same state.
+SETTLE = 3.0
+
+
+def page_reporting() -> str:
+    order = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+    try:
+        return f"on (order {int(order.read_text())})" if order.exists() else "absent"
+    except (OSError, ValueError):
+        return "unknown"
+
+
 def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
     """A cold cp of the big blob through the mount from a local docker-registry, against
     curl | tee FILE | openssl dgst -sha256 of the same bytes from the same registry."""
@@ -232,7 +249,8 @@ def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
 
     store, blob, _name = make_big_store(work, size_mib)
     digest = "sha256:" + blob.name.split("-", 1)[1]
-    report = [f"pull of a {size_mib} MiB model.gguf from a local docker-registry (median of {runs}):"]
+    report = [f"pull of a {size_mib} MiB model.gguf from a local docker-registry (median of {runs}; "
+              f"{SETTLE:g} s settle before each run; free page reporting {page_reporting()}):"]
     regdir = work / "registry"
     regdir.mkdir(exist_ok=True)
     with run_registry(regdir) as server:
@@ -260,6 +278,7 @@ def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
                 if out.exists():
                     out.unlink()
                 if which == "pipe":
+                    time.sleep(SETTLE)
                     t0 = time.perf_counter()
                     res = subprocess.run(["bash", "-o", "pipefail", "-c",
                                           f"curl -sS --fail '{url}' | tee '{out}' | openssl dgst -sha256"],
@@ -272,6 +291,7 @@ def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
                     pull_store.mkdir()
                     with ollamafs_mount(pull_store, work / "mnt-pull", work / "pull.log", "insecure") as m:
                         src = m.mountpoint / server.host / "library" / "big:1g" / "model.gguf"
+                        time.sleep(SETTLE)
                         t0 = time.perf_counter()
                         res = subprocess.run(["cp", str(src), str(out)], capture_output=True, text=True)
                         mount_t.append(time.perf_counter() - t0)
@@ -280,6 +300,8 @@ def bench_pull(work: Path, size_mib: int, runs: int) -> list[str]:
                     assert out.stat().st_size == size_mib * CHUNK
         if out.exists():
             out.unlink()
+    report.append("  runs: pipeline " + " ".join(f"{t:.2f}" for t in pipe_t)
+                  + " s; mount " + " ".join(f"{t:.2f}" for t in mount_t) + " s")
     p, mt = statistics.median(pipe_t), statistics.median(mount_t)
     report.append(f"  curl | tee | openssl   {p:7.3f} s  {size_mib / 1024 / p:6.2f} GiB/s")
     report.append(f"  cp through the mount   {mt:7.3f} s  {size_mib / 1024 / mt:6.2f} GiB/s")
@@ -396,7 +418,7 @@ def main() -> int:
     if args.only in (None, "listing"):
         report += bench_listing(args.dir, args.models)
     if args.only in (None, "pull"):
-        report += bench_pull(args.dir, args.size_mib, args.runs)
+        report += bench_pull(args.dir, args.size_mib, max(args.runs, 5))
     if args.only in (None, "generate"):
         report += bench_generate(args.dir, max(args.runs, 5))
     print("\n".join(report))

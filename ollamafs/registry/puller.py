@@ -34,8 +34,9 @@ a link faster than sha256 (a LAN, loopback) the download threads would otherwise
 and leave most of the hashing for after the last byte, with one core idle.
 
 Between the match and the rename (the fsync of a large file takes a while) the verified bytes can
-already be read: :meth:`BlobPuller.verified` tells when, and :meth:`BlobPuller.open_verified`
-opens them.  The store itself only gets the blob, under its final name, once it is durable.
+already be read: progress reports the state ``storing`` then, and
+:meth:`BlobPuller.open_verified` opens them.  The store itself only gets the blob, under its
+final name, once it is durable.
 
 One download per digest at a time: a second ``pull`` of a digest already in flight waits for the
 first one and shares its outcome (if the first caller is cancelled, a waiter takes over).
@@ -174,7 +175,6 @@ class _Download:
         self.fetched = 0
         self.state = "downloading"
         self.progressed = trio.Event()  # set whenever some part's completed mark moves
-        self.verified = trio.Event()  # the data file holds exactly the blob (being stored now)
         self.fd = -1  # the data file, while verified and not yet stored
         self.hasher: _PrefixHasher | None = None
         self.verified_at = 0.0
@@ -279,21 +279,6 @@ class BlobPuller:
 
     def in_flight(self) -> list[Digest]:
         return list(self._inflight)
-
-    async def verified(self, digest: Digest) -> bool:
-        """Wait until the download of ``digest`` in flight has verified its bytes (True), or has
-        ended without doing so (False).  False at once if none is in flight."""
-        dl = self._inflight.get(digest)
-        if dl is None:
-            return False
-        async with trio.open_nursery() as nursery:
-            async def first(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(first, dl.verified)
-            nursery.start_soon(first, dl.done)
-        return dl.verified.is_set() and dl.error is None
 
     def open_verified(self, digest: Digest) -> int | None:
         """A new read-only descriptor on a blob verified but still being stored (fsync, rename),
@@ -748,7 +733,6 @@ class BlobPuller:
         # Readers may have these bytes now (open_verified); the store gets them once durable.
         dl.fd = fd
         dl.verified_at = trio.current_time()
-        dl.verified.set()
         dl.report("storing")
         await self._thread(self._commit, digest, fd, len(parts))
         log.debug("blob %s verified and stored", digest.short)
