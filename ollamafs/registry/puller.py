@@ -484,6 +484,7 @@ class BlobPuller:
                     await dl.progressed.wait()
         except OSError as exc:  # verification will read it again and report
             log.debug("hashing %s ahead stopped: %s", dl.digest.short, exc)
+            hasher.unpace()  # nothing advances it any more: downloads must not wait for it
 
     async def _download_part(
         self, dl: _Download, name: ModelName, digest: Digest, fd: int, url: str, part: PartState
@@ -906,17 +907,24 @@ class _PrefixHasher:
         self.h = hashlib.sha256()
         self.pos = 0
         self._moved = threading.Condition()
+        self._unpaced = False
 
     def wait_room(self, lead: int, stop: threading.Event) -> bool:
         """Block a download thread while more than ``lead`` bytes of the finished prefix wait to
         be hashed; False if told to stop meanwhile.  Parts further on are not held back by
         their distance alone: on a slow link, many connections are what makes a pull fast."""
         with self._moved:
-            while self.frontier() - self.pos > lead:
+            while not self._unpaced and self.frontier() - self.pos > lead:
                 if stop.is_set():
                     return False
                 self._moved.wait(0.5)
         return not stop.is_set()
+
+    def unpace(self) -> None:
+        """Hashing ahead stopped (a read error): let every waiting and later download go on."""
+        with self._moved:
+            self._unpaced = True
+            self._moved.notify_all()
 
     def _update(self, data: bytes) -> None:
         self.h.update(data)

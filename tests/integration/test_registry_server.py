@@ -637,8 +637,12 @@ def test_prefix_hasher_holds_downloads_back(tmp_path: Path) -> None:
         assert released.wait(5)  # 1 MiB left: room again
         t.join()
         assert h.pos == 2 * 1024 * KiB
-        # a stop request ends a wait too
+        # hashing ahead that gave up (a read error) holds nobody back
         parts[0].completed = len(data)
+        h.unpace()
+        assert h.wait_room(0, stop)
+        h._unpaced = False
+        # a stop request ends a wait too
         stopped = th.Thread(target=lambda: seen.append(h.wait_room(0, stop)))
         seen: list[bool] = []
         stopped.start()
