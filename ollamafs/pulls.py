@@ -116,13 +116,13 @@ class PullManager:
         if job.error is not None:
             raise job.error
 
-    async def open_verified(self, record: ModelRecord, digest: Digest, size: int) -> int | None:
+    async def open_verified(self, record: ModelRecord, digest: Digest, size: int) -> tuple[int, _Job] | None:
         """Like :meth:`ensure_blob`, but return as soon as the blob's bytes are verified.
 
         While the puller still makes the blob durable (fsync, rename), the result is a new
-        read-only descriptor on those verified bytes, which the caller owns; the pull then goes
-        on to store the blob and to commit ``record`` if that completes it, and :meth:`stored`
-        waits for that.  None: the blob is in the store.
+        read-only descriptor on those verified bytes, which the caller owns, and the pull job,
+        for :meth:`stored`; the job goes on to store the blob and to commit ``record`` if that
+        completes it.  None: the blob is in the store.
         """
         if self.store.blob_size(digest) == size:
             return None
@@ -133,20 +133,18 @@ class PullManager:
         if not job.done.is_set():
             fd = self.puller.open_verified(digest)
             if fd is not None:
-                return fd
+                return fd, job
         await job.done.wait()
         if job.error is not None:
             raise job.error
         return None
 
-    async def stored(self, digest: Digest, record: ModelRecord | None = None) -> None:
-        """Wait until a pull of ``digest`` in flight has stored the blob (raise its error), then
-        commit ``record``'s manifest if that made the model complete."""
-        job = self._jobs.get(digest)
-        if job is not None:
-            await job.done.wait()
-            if job.error is not None:
-                raise job.error
+    async def stored(self, job: _Job, record: ModelRecord | None = None) -> None:
+        """Wait until the pull ``job`` (from :meth:`open_verified`) has stored its blob, raise
+        its error if it failed, then commit ``record``'s manifest if that completed the model."""
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
         if record is not None:
             await self.commit_if_complete(record)
 

@@ -87,7 +87,7 @@ class BodyPool:
                     raw.read(64 << 10)  # a redirect's body is short: read, the connection stays usable
                     reusable = raw.isclosed() and not raw.will_close
                     new = urllib.parse.urljoin(url, raw.getheader("location"))
-                    if _split(new)[0] != origin:
+                    if not _same_authority(origin, _split(new)[0]):
                         hdrs.pop("Authorization", None)
                     url = new
                     continue
@@ -127,7 +127,12 @@ class BodyPool:
             try:
                 conn.request("GET", target, headers=headers)
                 return conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except TimeoutError:
+                conn.close()
+                raise
+            except (OSError, http.client.HTTPException):
+                # Closed by the server while idle (a reset, an EOF, a TLS close notify): nothing
+                # of this answer was read, and a GET may be sent again.
                 conn.close()
             except BaseException:
                 conn.close()
@@ -157,6 +162,14 @@ class BodyPool:
                 self._ssl = httpx.create_ssl_context(trust_env=self.trust_env)
             return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
         return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def _same_authority(old: Origin, new: Origin) -> bool:
+    """Whether credentials for ``old`` may go to ``new``: the same origin, or (as httpx allows)
+    the same host upgraded from http on port 80 to https on port 443."""
+    if old == new:
+        return True
+    return old[1] == new[1] and old[0] == "http" and old[2] == 80 and new[0] == "https" and new[2] == 443
 
 
 def _split(url: str) -> tuple[Origin, str]:

@@ -147,7 +147,8 @@ class PartState:
 class PullProgress:
     """A snapshot of one download, handed to progress callbacks.
 
-    ``state`` is ``"downloading"``, ``"verifying"``, ``"done"`` or ``"failed"``; ``rate`` is the
+    ``state`` is ``"downloading"``, ``"verifying"``, ``"storing"`` (verified; fsync and rename
+    running), ``"done"`` or ``"failed"``; ``rate`` is the
     average bytes per second fetched in this session (resumed bytes do not count).
     """
 
@@ -251,7 +252,8 @@ class BlobPuller:
         self.progress_interval = progress_interval
         self.hash_lead = hash_lead
         self.raw_bodies = raw_bodies  # part bodies through .bodies (False: all through httpx)
-        self._io = trio.CapacityLimiter(io_threads)
+        # Every connection holds a thread for its whole part; disk work needs some besides.
+        self._io = trio.CapacityLimiter(max(io_threads, self.concurrency + 4))
         self._hash = trio.CapacityLimiter(hash_threads)
         self._inflight: dict[Digest, _Download] = {}
 
@@ -286,7 +288,10 @@ class BlobPuller:
         dl = self._inflight.get(digest)
         if dl is None or dl.fd < 0:
             return None
-        return os.open(f"/proc/self/fd/{dl.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.open(f"/proc/self/fd/{dl.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no /proc: the same file, sharing its (unused) offset and O_RDWR mode
+            return os.dup(dl.fd)
 
     async def pull(
         self,
@@ -439,17 +444,23 @@ class BlobPuller:
                     return
 
         async def scale(nursery: trio.Nursery) -> None:
-            """Every second, add connections (up to ``concurrency``) while each is slow."""
+            """Every second, add connections (up to ``concurrency``) while each is slow; never
+            to a pull that failed or ended (its nursery is cancelled or closed)."""
             nonlocal connections
             last = dl.fetched
             while connections < self.concurrency and queue:
                 await trio.sleep(1.0)
+                if failures or nursery.cancel_scope.cancel_called:
+                    return
                 rate = (dl.fetched - last) / connections
                 last = dl.fetched
                 if rate < SLOW_RATE:
                     more = min(self.concurrency, connections * 2) - connections
                     for _ in range(min(more, len(queue))):
-                        nursery.start_soon(connection, nursery.cancel_scope)
+                        try:
+                            nursery.start_soon(connection, nursery.cancel_scope)
+                        except RuntimeError:  # every connection returned: the nursery closed
+                            return
                         connections += 1
                     log.debug("%s: %.1f MB/s per connection; now %d connections", dl.digest.short, rate / 1e6,
                               connections)
@@ -563,24 +574,35 @@ class BlobPuller:
         """
         stop = threading.Event()
         finished = threading.Event()
+        gate = threading.Lock()
+        started = False
         auth = self.client.cached_auth(url, name)
         token = trio.lowlevel.current_trio_token()
 
         def work() -> None:
+            nonlocal started
+            with gate:  # either this sees stop, or the canceller sees started
+                if stop.is_set():
+                    return
+                started = True
             try:
                 self._fetch_part(url, auth, digest, fd, part, dl, stop, token)
             finally:
                 finished.set()
 
         try:
-            # Abandoned on cancel so the cancellation is seen at once; the thread is then told to
-            # stop and waited for (it checks between reads; a read blocks at most stall_timeout),
-            # so it never writes to the file after we return.
+            # Abandoned on cancel so the cancellation is seen at once; a thread that started is
+            # then told to stop and waited for (it checks between reads; a read blocks at most
+            # stall_timeout), so it never writes to the file after we return.  Cancelled while
+            # waiting for a thread token, work never runs and there is nothing to wait for.
             await trio.to_thread.run_sync(work, limiter=self._io, abandon_on_cancel=True)
         except trio.Cancelled:
-            stop.set()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(finished.wait)
+            with gate:
+                stop.set()
+                running = started
+            if running:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(finished.wait)
             raise
         except AuthError:
             # the cached token expired: let the async client answer the challenge, then retry
@@ -670,7 +692,7 @@ class BlobPuller:
                 return fn()
             except TimeoutError:
                 raise _Stalled() from None
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a bad redirect URL
                 raise TransferError(f"GET {url}: {type(exc).__name__}: {exc}", url=url) from exc
 
         def chunks(resp: bodies.Response) -> Iterator[memoryview]:
@@ -908,13 +930,16 @@ class _PrefixHasher:
         self.pos = 0
         self._moved = threading.Condition()
         self._unpaced = False
+        # A resumed pull has this much on disk already: downloads do not wait while it is
+        # hashed (that would leave the network idle); pacing starts once the hasher passes it.
+        self._resumed = self.frontier()
 
     def wait_room(self, lead: int, stop: threading.Event) -> bool:
         """Block a download thread while more than ``lead`` bytes of the finished prefix wait to
-        be hashed; False if told to stop meanwhile.  Parts further on are not held back by
+        be hashed (not counting what a resumed pull found on disk); False if told to stop meanwhile.  Parts further on are not held back by
         their distance alone: on a slow link, many connections are what makes a pull fast."""
         with self._moved:
-            while not self._unpaced and self.frontier() - self.pos > lead:
+            while not self._unpaced and self.pos >= self._resumed and self.frontier() - self.pos > lead:
                 if stop.is_set():
                     return False
                 self._moved.wait(0.5)
@@ -945,8 +970,8 @@ class _PrefixHasher:
         stop = min(self.frontier(), self.pos + limit)
         while self.pos < stop:
             data = os.pread(self.fd, min(HASH_CHUNK, stop - self.pos), self.pos)
-            if not data:
-                break
+            if not data:  # shorter than its parts say (truncated under us): stop hashing ahead
+                raise OSError(errno.EIO, f"partial file ends at {self.pos}, its parts reach {stop}")
             self._update(data)
 
     def finish(self) -> tuple[str, int]:

@@ -179,7 +179,7 @@ class _Handle:
     upload: Path | None = None
     sink: bool = False  # generate copied by cp -r: written bytes are dropped
     copying: bool = False  # a Modelfile created as one of the files of a copy
-    storing: Digest | None = None  # a pulled blob read while still being stored
+    storing: object | None = None  # the pull job of a blob read while still being stored
 
 
 @dataclass(slots=True)
@@ -523,12 +523,14 @@ class FileSystem:
         assert record is not None
         if spec.kind == layout.BLOB:
             fd: int | None = None
+            storing = None
             if record.remote is not None and self.pulls is not None:
                 # Served once verified; a close waits until the store has it (§Pulling).
-                fd = await self.pulls.open_verified(record, spec.digest, spec.size)
-                if fd is None:
+                early = await self.pulls.open_verified(record, spec.digest, spec.size)
+                if early is None:
                     await self.pulls.commit_if_complete(record)
-            storing = fd is not None
+                else:
+                    fd, storing = early
             if fd is None:
                 fd = await self._run(self.store.open_blob, spec.digest)
             size = os.fstat(fd).st_size
@@ -538,7 +540,7 @@ class FileSystem:
                     f"blob {spec.digest} is {size} bytes but the manifest of {record.name} says {spec.size}"
                 )
             node.size = size
-            handle = _Handle(node, fd=fd, storing=spec.digest if storing else None)
+            handle = _Handle(node, fd=fd, storing=storing)
             return Opened(self._new_handle(handle), keep_cache=True)
         if spec.kind == layout.MANIFEST:
             data = await self._run(self.store.read_manifest_bytes, record)
@@ -744,8 +746,8 @@ class FileSystem:
         Modelfile, or wait for a pulled blob read before it was stored to be stored."""
         handle = self._handles.get(fh)
         if isinstance(handle, _Handle) and handle.storing is not None and self.pulls is not None:
-            digest, handle.storing = handle.storing, None
-            await self.pulls.stored(digest, handle.node.record)  # cp ends with the model stored
+            job, handle.storing = handle.storing, None
+            await self.pulls.stored(job, handle.node.record)  # cp ends with the model stored
             # Pages that were still dirty when read were not dropped then (see read): the
             # reader that pulled the blob is done, so drop the store's copy now.
             await self._run(os.posix_fadvise, handle.fd, 0, 0, os.POSIX_FADV_DONTNEED)

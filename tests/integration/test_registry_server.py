@@ -5,6 +5,7 @@ Run with ``-o markers=registry`` until the marker is registered in pyproject.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from ollamafs.names import Digest, ModelName
 from ollamafs.registry.puller import INITIAL_CONNECTIONS
 from ollamafs.registry import (
     BlobPuller,
+    BlobWriteError,
     DigestMismatch,
     DownloadFailed,
     PartState,
@@ -554,11 +556,9 @@ def test_body_pool_is_used_only_without_a_proxy(monkeypatch: pytest.MonkeyPatch)
 # -- serving verified bytes while the blob is being stored (pulls.open_verified) ----------------
 
 
-def test_verified_bytes_are_readable_before_the_blob_is_stored(
-    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path
-) -> None:
-    """open_verified hands out a descriptor once the sha256 matched, while fsync and rename
-    still run; the blob and then the manifest reach the store afterwards, in that order."""
+def _slow_commit_pull(fault_proxy, seeded, tmp_path, commit_error: OSError | None = None):
+    """Pull the model layer through a PullManager whose puller's commit waits for a go (and
+    then fails with ``commit_error``, if given); returns what was seen at each step."""
     from ollamafs.pulls import PullManager
     from ollamafs.store import Store
 
@@ -566,7 +566,7 @@ def test_verified_bytes_are_readable_before_the_blob_is_stored(
     digest = model_digest(seeded)
     name = name_at(fault_proxy.host, seeded)
     release = threading.Event()
-    seen: dict[str, object] = {}
+    seen: dict[str, object] = {"store": store}
 
     async def main() -> None:
         async with client() as c:
@@ -576,6 +576,8 @@ def test_verified_bytes_are_readable_before_the_blob_is_stored(
             def slow_commit(d: Digest, fd: int, nparts: int) -> None:
                 if d == digest:
                     assert release.wait(30)
+                    if commit_error is not None:
+                        raise commit_error
                 commit(d, fd, nparts)
 
             p._commit = slow_commit  # type: ignore[method-assign]
@@ -586,8 +588,9 @@ def test_verified_bytes_are_readable_before_the_blob_is_stored(
                 for layer in record.manifest.all_blobs():  # the other layers first (config, template)
                     if layer.digest != digest:
                         await pulls.ensure_blob(name, layer.digest, layer.size)
-                fd = await pulls.open_verified(record, digest, MODEL_SIZE)
-                assert fd is not None
+                early = await pulls.open_verified(record, digest, MODEL_SIZE)
+                assert early is not None
+                fd, job = early
                 try:
                     seen["bytes"] = os.pread(fd, MODEL_SIZE + 1, 0)
                 finally:
@@ -596,16 +599,95 @@ def test_verified_bytes_are_readable_before_the_blob_is_stored(
                 seen["manifest_before"] = store.manifest_path(name).exists()
                 seen["partial_before"] = (store.blobs_dir / digest.partial_filename).exists()
                 release.set()
-                await pulls.stored(digest, record)
+                try:
+                    await pulls.stored(job)  # no record: whatever commits, the job did
+                except Exception as exc:
+                    seen["error"] = exc
                 seen["manifest_after"] = store.manifest_path(name).exists()
                 nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    async def bounded() -> None:
+        with trio.fail_after(60):
+            await main()
+
+    trio.run(bounded)
+    return seen
+
+
+def test_verified_bytes_are_readable_before_the_blob_is_stored(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path
+) -> None:
+    """open_verified hands out a descriptor once the sha256 matched, while fsync and rename
+    still run; the blob and then the manifest reach the store afterwards, in that order, by the
+    pull job itself."""
+    seen = _slow_commit_pull(fault_proxy, seeded, tmp_path)
+    store = seen["store"]
+    digest = model_digest(seeded)
     assert seen["bytes"] == seeded.blobs[seeded.model_digest]
     assert seen["final_before"] is False and seen["manifest_before"] is False and seen["partial_before"] is True
-    assert seen["manifest_after"] is True
+    assert "error" not in seen and seen["manifest_after"] is True
     assert store.blob_path(digest).read_bytes() == seeded.blobs[seeded.model_digest]
     assert_nothing_unverified(store.blobs_dir, seeded)
+
+
+def test_a_store_failure_after_verification_reaches_the_closer(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path, log_allow: list[str]
+) -> None:
+    """§Pulling: a failure to store (disk full) fails the reader's close; nothing unverified or
+    half-stored gets a final name, and the next pull finishes the job from the partial file."""
+    log_allow.append("pull of blob")
+    seen = _slow_commit_pull(fault_proxy, seeded, tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    store = seen["store"]
+    digest = model_digest(seeded)
+    err = seen["error"]
+    assert isinstance(err, BlobWriteError) and err.errno == errno.ENOSPC
+    assert seen["manifest_after"] is False and not store.blob_path(digest).exists()
+    assert (store.blobs_dir / digest.partial_filename).exists()
+    first = len(fault_proxy.requests)
+    path = pull(fault_proxy.host, seeded, store.blobs_dir)
+    assert path.read_bytes() == seeded.blobs[seeded.model_digest]
+    assert requested_bytes_since(fault_proxy, first) == 0  # resumed: everything was on disk
+
+
+def requested_bytes_since(proxy: FaultProxy, first: int) -> int:
+    total = 0
+    for r in proxy.requests[first:]:
+        if r.range and r.range != "bytes=0-0" and "/blobs/" in r.path:
+            a, _, b = r.range.removeprefix("bytes=").partition("-")
+            total += int(b) - int(a) + 1
+    return total
+
+
+def test_a_failing_part_ends_the_pull_while_connections_are_added(
+    fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part that fails for good cancels the pull; connections the scaler would add meanwhile
+    (the pull is slow) are not started into the cancelled pull, which used to hang for ever."""
+    orig = BlobPuller._fetch_part
+
+    def fetch(self, url, auth, digest, fd, part, dl, stop, token):
+        if part.n == 1:
+            raise RegistryNotFound(f"blob {digest} not found (injected)", url=url)
+        if part.n == 0:
+            time.sleep(3.0)  # a read that blocks: the scaler sees < 64 MB/s per connection at 1 s
+            return None
+        return orig(self, url, auth, digest, fd, part, dl, stop, token)
+
+    monkeypatch.setattr(BlobPuller, "_fetch_part", fetch)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pull(fault_proxy.host, seeded, tmp_path, concurrency=16, stall_timeout=30.0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)  # a hang must fail the test, not block it
+    t.start()
+    t.join(15)
+    assert not t.is_alive(), "the pull hung after its part failed"
+    assert len(outcome) == 1 and isinstance(outcome[0], RegistryNotFound)
+    assert_nothing_unverified(tmp_path, seeded)
 
 
 def test_prefix_hasher_holds_downloads_back(tmp_path: Path) -> None:
@@ -619,8 +701,13 @@ def test_prefix_hasher_holds_downloads_back(tmp_path: Path) -> None:
     f.write_bytes(data)
     fd = os.open(f, os.O_RDONLY)
     try:
-        parts = [PartState(0, 0, len(data), completed=3 * 1024 * KiB), PartState(1, len(data), 0)]
+        # a resumed pull: what was on disk before does not hold downloads back while hashed
+        resumed = [PartState(0, 0, len(data), completed=3 * 1024 * KiB), PartState(1, len(data), 0)]
+        assert _PrefixHasher(fd, resumed).wait_room(1024 * KiB, th.Event())
+        # a fresh pull that downloaded 3 MiB in this session
+        parts = [PartState(0, 0, len(data)), PartState(1, len(data), 0)]
         h = _PrefixHasher(fd, parts)
+        parts[0].completed = 3 * 1024 * KiB
         stop = th.Event()
         released = th.Event()
 
