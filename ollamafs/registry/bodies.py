@@ -125,25 +125,14 @@ class BodyPool:
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
             try:
-                conn.request("GET", target, headers=headers)
-                return conn, conn.getresponse()
+                return conn, _ask(conn, target, headers)
             except TimeoutError:
-                conn.close()
                 raise
             except (OSError, http.client.HTTPException):
-                # Closed by the server while idle (a reset, an EOF, a TLS close notify): nothing
-                # of this answer was read, and a GET may be sent again.
-                conn.close()
-            except BaseException:
-                conn.close()
-                raise
+                pass  # closed by the server while idle (a reset, an EOF, a TLS close notify):
+                # nothing of this answer was read, and a GET may be sent again
         conn = self._connect(origin, timeout)
-        try:
-            conn.request("GET", target, headers=headers)
-            return conn, conn.getresponse()
-        except BaseException:
-            conn.close()
-            raise
+        return conn, _ask(conn, target, headers)
 
     def _give_back(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -162,6 +151,16 @@ class BodyPool:
                 self._ssl = httpx.create_ssl_context(trust_env=self.trust_env)
             return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
         return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def _ask(conn: http.client.HTTPConnection, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """Send a GET and read the answer's head; the connection is closed if that fails."""
+    try:
+        conn.request("GET", target, headers=headers)
+        return conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _same_authority(old: Origin, new: Origin) -> bool:
