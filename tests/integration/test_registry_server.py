@@ -11,10 +11,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -24,7 +24,6 @@ import trio
 
 from ollamafs.errors import NotFound
 from ollamafs.names import Digest, ModelName
-from ollamafs.registry.puller import INITIAL_CONNECTIONS
 from ollamafs.registry import (
     BlobPuller,
     BlobWriteError,
@@ -36,15 +35,15 @@ from ollamafs.registry import (
     RegistryNotFound,
     RegistryUnreachable,
 )
-
+from ollamafs.registry.puller import INITIAL_CONNECTIONS
 from tests.integration.registry_fixtures import (  # noqa: F401 - fixtures
     Fault,
     FaultProxy,
     RegistryServer,
     SeededModel,
     fault_proxy,
-    log_allow,
     free_port,
+    log_allow,
     registry_server,
     seed_model,
 )
