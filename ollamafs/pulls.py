@@ -39,11 +39,18 @@ class _Job:
     digest: Digest
     size: int
     done: trio.Event = field(default_factory=trio.Event)
-    verified: trio.Event = field(default_factory=trio.Event)  # set when the bytes check out
-    records: list[ModelRecord] = field(default_factory=list)  # to commit once the blob is stored
+    ready: trio.Event = field(default_factory=trio.Event)  # the bytes checked out, or the job ended
+    # the models to commit once the blob is stored, by (name, manifest digest)
+    records: dict[tuple[ModelName, Digest], ModelRecord] = field(default_factory=dict)
     error: OllamaFSError | None = None
     progress: PullProgress | None = None
     started: float = field(default_factory=time.time)
+
+    async def outcome(self) -> None:
+        """Wait for the job to end; raise its error if it failed."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
 
 
 class PullManager:
@@ -111,10 +118,7 @@ class PullManager:
         """Make the blob local and verified, pulling it if needed; readers wait for it."""
         if self.store.blob_size(digest) == size:
             return
-        job = await self._start(name, digest, size)
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
+        await (await self._start(name, digest, size)).outcome()
 
     async def open_verified(self, record: ModelRecord, digest: Digest, size: int) -> tuple[int, _Job] | None:
         """Like :meth:`ensure_blob`, but return as soon as the blob's bytes are verified.
@@ -127,24 +131,19 @@ class PullManager:
         if self.store.blob_size(digest) == size:
             return None
         job = await self._start(record.name, digest, size)
-        if all(r.name != record.name or r.manifest.digest != record.manifest.digest for r in job.records):
-            job.records.append(record)
-        await _first(job.verified, job.done)
+        job.records[(record.name, record.manifest.digest)] = record
+        await job.ready.wait()
         if not job.done.is_set():
             fd = self.puller.open_verified(digest)
             if fd is not None:
                 return fd, job
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
+        await job.outcome()
         return None
 
     async def stored(self, job: _Job, record: ModelRecord | None = None) -> None:
         """Wait until the pull ``job`` (from :meth:`open_verified`) has stored its blob, raise
         its error if it failed, then commit ``record``'s manifest if that completed the model."""
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
+        await job.outcome()
         if record is not None:
             await self.commit_if_complete(record)
 
@@ -164,11 +163,11 @@ class PullManager:
         def progress(p: PullProgress) -> None:
             job.progress = p
             if p.state == "storing":
-                job.verified.set()
+                job.ready.set()
 
         try:
             await self.puller.pull(job.name, job.digest, size=job.size, scheme=self.scheme, progress=progress)
-            for record in job.records:  # readers that did not wait for the store
+            for record in job.records.values():  # readers that did not wait for the store
                 try:
                     await self.commit_if_complete(record)
                 except OllamaFSError as exc:
@@ -181,6 +180,7 @@ class PullManager:
             job.error = OllamaFSError(f"pull of blob {job.digest} failed: {type(exc).__name__}: {exc}")
         finally:
             del self._jobs[job.digest]
+            job.ready.set()
             job.done.set()
 
     def in_use(self) -> set[Digest]:
@@ -283,15 +283,3 @@ class PullManager:
         await self.commit_if_complete(record)
         return record.manifest
 
-
-async def _first(*events: trio.Event) -> None:
-    """Wait until any of ``events`` is set."""
-    if any(e.is_set() for e in events):
-        return
-    async with trio.open_nursery() as nursery:
-        async def wait(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        for event in events:
-            nursery.start_soon(wait, event)
