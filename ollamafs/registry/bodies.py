@@ -30,28 +30,6 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 Origin = tuple[str, str, int]
 
 
-class Response:
-    """An answer to one GET: its status, headers and a ``readinto`` for the body."""
-
-    def __init__(self, url: str, raw: http.client.HTTPResponse) -> None:
-        self.url = url
-        self.status = raw.status
-        self.headers = raw.headers  # email.message.Message: case-insensitive .get()
-        self._raw = raw
-
-    def readinto(self, buf: memoryview) -> int:
-        """Fill ``buf`` from the body (blocking up to the socket timeout per read); 0 at its end."""
-        return self._raw.readinto(buf)
-
-    def read(self, limit: int) -> bytes:
-        return self._raw.read(limit)
-
-    @property
-    def complete(self) -> bool:
-        """The whole body was read (the connection can carry the next request)."""
-        return self._raw.isclosed()
-
-
 class BodyPool:
     """Keep-alive ``http.client`` connections per origin, shared by the puller's threads."""
 
@@ -74,14 +52,15 @@ class BodyPool:
         return bool(urllib.request.proxy_bypass_environment(parts.hostname or "", proxies))
 
     @contextlib.contextmanager
-    def get(self, url: str, headers: dict[str, str], timeout: float) -> Iterator[Response]:
-        """GET ``url``, following redirects (credentials are dropped when the origin changes);
-        the connection goes back to the pool only if the body was read to its end."""
+    def get(self, url: str, headers: dict[str, str], timeout: float) -> Iterator[http.client.HTTPResponse]:
+        """GET ``url``, following redirects (credentials are dropped when the origin changes).
+        The answer's ``readinto`` fills a buffer from the body; the connection goes back to the
+        pool only if the body was read to its end."""
         hdrs = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
             origin, target = _split(url)
             conn, raw = self._send(origin, target, {"User-Agent": self.user_agent, **hdrs}, timeout)
-            reusable = False
+            reusable = False  # only a body read to its end, without an error, leaves it usable
             try:
                 if raw.status in _REDIRECTS and raw.getheader("location"):
                     raw.read(64 << 10)  # a redirect's body is short: read, the connection stays usable
@@ -91,9 +70,8 @@ class BodyPool:
                         hdrs.pop("Authorization", None)
                     url = new
                     continue
-                resp = Response(url, raw)
-                yield resp
-                reusable = resp.complete and not raw.will_close
+                yield raw
+                reusable = raw.isclosed() and not raw.will_close
                 return
             finally:
                 if reusable:

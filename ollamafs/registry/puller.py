@@ -65,7 +65,6 @@ import trio
 
 from ..errors import NotFound, OllamaFSError
 from ..names import Digest, ModelName
-from . import bodies
 from .client import RegistryClient
 from .errors import (
     AuthError,
@@ -695,7 +694,7 @@ class BlobPuller:
             except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a bad redirect URL
                 raise TransferError(f"GET {url}: {type(exc).__name__}: {exc}", url=url) from exc
 
-        def chunks(resp: bodies.Response) -> Iterator[memoryview]:
+        def chunks(resp: http.client.HTTPResponse) -> Iterator[memoryview]:
             while n := net(lambda: resp.readinto(buf)):
                 yield buf[:n]  # written before the next read refills the buffer
 
