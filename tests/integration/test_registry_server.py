@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ from tests.integration.registry_fixtures import (  # noqa: F401 - fixtures
     Fault,
     FaultProxy,
     RegistryServer,
+    RequestRecord,
     SeededModel,
     fault_proxy,
     free_port,
@@ -123,14 +125,24 @@ def part_files(blobs: Path, digest: Digest) -> list[str]:
     return sorted(e for e in os.listdir(blobs) if e.startswith(digest.partial_filename))
 
 
-def requested_bytes(proxy: FaultProxy, listener: str | None = None) -> int:
-    """Bytes asked for by ranged part GETs (not the one-byte redirect probe)."""
+def _asked(records: Iterable[RequestRecord]) -> int:
+    """Bytes asked for by ranged GETs (not the one-byte redirect probe)."""
     total = 0
-    for r in proxy.blob_requests(listener):
-        if r.range and r.range != "bytes=0-0" and r.status == 206:
+    for r in records:
+        if r.range and r.range != "bytes=0-0":
             a, _, b = r.range.removeprefix("bytes=").partition("-")
             total += int(b) - int(a) + 1
     return total
+
+
+def requested_bytes(proxy: FaultProxy, listener: str | None = None) -> int:
+    """Bytes asked for by ranged part GETs that were answered (206)."""
+    return _asked(r for r in proxy.blob_requests(listener) if r.status == 206)
+
+
+def requested_bytes_since(proxy: FaultProxy, first: int) -> int:
+    """Bytes asked for by ranged blob GETs after the first ``first`` requests."""
+    return _asked(r for r in proxy.requests[first:] if "/blobs/" in r.path)
 
 
 # -- the client against the real registry ------------------------------------------------------
@@ -251,13 +263,7 @@ def test_persistent_truncation_fails_cleanly_then_resumes(
     first = len(fault_proxy.requests)
     path = pull(fault_proxy.host, seeded, tmp_path)
     assert path.read_bytes() == seeded.blobs[seeded.model_digest]
-    later = fault_proxy.requests[first:]
-    fetched = 0
-    for r in later:
-        if r.range and r.range != "bytes=0-0" and "/blobs/" in r.path:
-            a, _, b = r.range.removeprefix("bytes=").partition("-")
-            fetched += int(b) - int(a) + 1
-    assert fetched == MODEL_SIZE - done_before  # only the rest
+    assert requested_bytes_since(fault_proxy, first) == MODEL_SIZE - done_before  # only the rest
 
 
 def test_connection_reset_mid_body_is_retried(fault_proxy: FaultProxy, seeded: SeededModel, tmp_path: Path) -> None:
@@ -646,15 +652,6 @@ def test_a_store_failure_after_verification_reaches_the_closer(
     path = pull(fault_proxy.host, seeded, store.blobs_dir)
     assert path.read_bytes() == seeded.blobs[seeded.model_digest]
     assert requested_bytes_since(fault_proxy, first) == 0  # resumed: everything was on disk
-
-
-def requested_bytes_since(proxy: FaultProxy, first: int) -> int:
-    total = 0
-    for r in proxy.requests[first:]:
-        if r.range and r.range != "bytes=0-0" and "/blobs/" in r.path:
-            a, _, b = r.range.removeprefix("bytes=").partition("-")
-            total += int(b) - int(a) + 1
-    return total
 
 
 def test_a_failing_part_ends_the_pull_while_connections_are_added(
